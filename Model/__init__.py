@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
+import torch
 import torch.nn as nn
 
 __all__ = ["Preset", "MODELS", "get_model", "get_preset", "build_model", "preset_names"]
@@ -42,6 +43,18 @@ class Preset:
         module_name, cls_name = self.factory.split(":")
         module = importlib.import_module(f"{__name__}.{module_name}")
         return getattr(module, cls_name)(upscale=scale, **self.kwargs)
+
+    def build_meta(self, scale: int = 4) -> nn.Module:
+        """Build without memory or init cost on the meta device (for shapes and operation counts).
+
+        A family whose constructor needs real data (e.g. computes masks with Python scalars) is
+        built on the CPU and then moved to the meta device.
+        """
+        try:
+            with torch.device("meta"):
+                return self.build(scale)
+        except (NotImplementedError, RuntimeError):
+            return self.build(scale).to("meta")
 
     def filter_state_dict(self, state_dict: dict, model: nn.Module) -> dict:
         """Apply the family's format adapter (e.g. add SwinIR's derivable buffers)."""

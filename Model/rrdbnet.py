@@ -1,0 +1,86 @@
+"""RRDBNet with the original ESRGAN key names: the EdgeSRN (10 blocks) and ESRGAN (23 blocks) presets.
+
+Architecture (Wang et al., ESRGAN, ECCVW 2018): a 3x3 head conv, a trunk of Residual-in-Residual
+Dense Blocks, a trunk conv with a long skip, two nearest-neighbour x2 upsampling convs, and two
+output convs. Keys: ``conv_first, RRDB_trunk.N.RDBk.convj, trunk_conv, upconv1, upconv2, HRconv,
+conv_last`` so the official ESRGAN and the SRDTKD EdgeSRN checkpoints load strictly.
+
+The SRDTKD release of EdgeSRN evaluates the trunk twice per forward and keeps one result; here it
+is evaluated once, which gives the same output at about half the cost.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def _scaled_kaiming_(module: nn.Module, scale: float) -> None:
+    """Kaiming-normal init of every conv in ``module`` multiplied by ``scale``; zero biases."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, a=0, mode="fan_in")
+            m.weight.data.mul_(scale)
+            if m.bias is not None:
+                m.bias.data.zero_()
+
+
+class ResidualDenseBlock5C(nn.Module):
+    """Five densely connected 3x3 convs; the output is scaled by 0.2 and added to the input."""
+
+    def __init__(self, nf: int = 64, gc: int = 32, bias: bool = True):
+        super().__init__()
+        self.conv1 = nn.Conv2d(nf, gc, 3, 1, 1, bias=bias)
+        self.conv2 = nn.Conv2d(nf + gc, gc, 3, 1, 1, bias=bias)
+        self.conv3 = nn.Conv2d(nf + 2 * gc, gc, 3, 1, 1, bias=bias)
+        self.conv4 = nn.Conv2d(nf + 3 * gc, gc, 3, 1, 1, bias=bias)
+        self.conv5 = nn.Conv2d(nf + 4 * gc, nf, 3, 1, 1, bias=bias)
+        self.lrelu = nn.LeakyReLU(negative_slope=0.2, inplace=True)
+        _scaled_kaiming_(self, 0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1 = self.lrelu(self.conv1(x))
+        x2 = self.lrelu(self.conv2(torch.cat((x, x1), 1)))
+        x3 = self.lrelu(self.conv3(torch.cat((x, x1, x2), 1)))
+        x4 = self.lrelu(self.conv4(torch.cat((x, x1, x2, x3), 1)))
+        x5 = self.conv5(torch.cat((x, x1, x2, x3, x4), 1))
+        return x5 * 0.2 + x
+
+
+class RRDB(nn.Module):
+    """Residual in Residual Dense Block: three dense blocks and a 0.2-scaled skip."""
+
+    def __init__(self, nf: int, gc: int = 32):
+        super().__init__()
+        self.RDB1 = ResidualDenseBlock5C(nf, gc)
+        self.RDB2 = ResidualDenseBlock5C(nf, gc)
+        self.RDB3 = ResidualDenseBlock5C(nf, gc)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.RDB3(self.RDB2(self.RDB1(x))) * 0.2 + x
+
+
+class RRDBNet(nn.Module):
+    """ESRGAN generator (old key layout). Input and output RGB in [0, 1]; x4 only."""
+
+    def __init__(self, upscale: int = 4, in_nc: int = 3, out_nc: int = 3, nf: int = 64, nb: int = 23,
+                 gc: int = 32):
+        super().__init__()
+        if upscale != 4:
+            raise ValueError(f"RRDBNet (ESRGAN key layout) is x4 only: two x2 up-convs; got scale {upscale}")
+        self.upscale = upscale
+        self.conv_first = nn.Conv2d(in_nc, nf, 3, 1, 1, bias=True)
+        self.RRDB_trunk = nn.Sequential(*[RRDB(nf, gc) for _ in range(nb)])
+        self.trunk_conv = nn.Conv2d(nf, nf, 3, 1, 1, bias=True)
+        self.upconv1 = nn.Conv2d(nf, nf, 3, 1, 1, bias=True)
+        self.upconv2 = nn.Conv2d(nf, nf, 3, 1, 1, bias=True)
+        self.HRconv = nn.Conv2d(nf, nf, 3, 1, 1, bias=True)
+        self.conv_last = nn.Conv2d(nf, out_nc, 3, 1, 1, bias=True)
+        self.lrelu = nn.LeakyReLU(negative_slope=0.2, inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fea = self.conv_first(x)
+        fea = fea + self.trunk_conv(self.RRDB_trunk(fea))  # trunk evaluated once
+        fea = self.lrelu(self.upconv1(F.interpolate(fea, scale_factor=2, mode="nearest")))
+        fea = self.lrelu(self.upconv2(F.interpolate(fea, scale_factor=2, mode="nearest")))
+        return self.conv_last(self.lrelu(self.HRconv(fea)))
