@@ -122,9 +122,10 @@ def _make_lr(hr: np.ndarray, scale: int) -> np.ndarray:
 
 def _to_tensor(img: np.ndarray) -> torch.Tensor:
     """HWC array (uint8 -> /255, float kept) to a contiguous float32 CHW tensor."""
-    chw = np.ascontiguousarray(img.transpose(2, 0, 1))
-    t = torch.from_numpy(chw)
-    return t.float().div_(255.0) if chw.dtype == np.uint8 else t.float()
+    chw = img.transpose(2, 0, 1)
+    if chw.dtype == np.uint8:  # NumPy, not torch: no intra-op thread start-up on small patches
+        return torch.from_numpy(np.divide(chw, np.float32(255.0), dtype=np.float32, order="C"))  # same bits as img2tensor
+    return torch.from_numpy(np.ascontiguousarray(chw, dtype=np.float32))
 
 
 def _seed64(*parts: int) -> int:

@@ -91,13 +91,16 @@ def build_demo_data(out: PathLike = "demo_data") -> dict[str, Path]:
             written += _write_if_changed(gt_dir / f"{name}.png", _rgb(load()))
     from Utils.prepare_data import prepare_testset  # lazy: GTmod12 and LR in the Datasets2023 layout
 
-    test_paths = prepare_testset(gt_dir, TEST_NAME, ds_root, scale=SCALE, mod=12)
+    report = prepare_testset(gt_dir, TEST_NAME, ds_root, scale=SCALE, mod=12)  # GT/Demo is its own source
+    bad = report["mismatched_files"] + report["failed_files"]
+    if bad:
+        raise RuntimeError(f"demo test set under {ds_root} could not be made: {bad[0]} (and {len(bad) - 1} more); "
+                           "delete the folder and run again")
+    written += report["written"]
     log.info("demo data in %s: %d files written, the rest already up to date", out, written)
-    paths = {"root": out, "train_hr": train_hr, "train_lr": train_lr, "test_gt": gt_dir,
-             "test_hr": ds_root / "GTmod12" / f"{TEST_NAME}_GTmod12",
-             "test_lr": ds_root / "GTmod12_LRx4" / f"{TEST_NAME}_LRbicx{SCALE}"}
-    if isinstance(test_paths, dict):
-        paths.update({f"prepare_{k}": Path(v) for k, v in test_paths.items() if isinstance(v, (str, Path))})
+    dirs = report["dirs"]
+    paths = {"root": out, "train_hr": train_hr, "train_lr": train_lr, "test_gt": Path(dirs["gt"]),
+             "test_hr": Path(dirs["gtmod"]), "test_lr": Path(dirs["lr"])}
     return paths
 
 

@@ -149,7 +149,9 @@ class LPIPS(nn.Module):
             heads_src = str(heads_path)
         else:
             heads_src = heads_url or LPIPS_HEADS_URLS[net]
-            heads_sd = _load_url(heads_src, "linear heads", _HEADS_FILE_NAMES[net])
+            # the published file gets a distinctive cache name; other URLs keep their own
+            cache_name = _HEADS_FILE_NAMES[net] if heads_src == LPIPS_HEADS_URLS[net] else None
+            heads_sd = _load_url(heads_src, "linear heads", cache_name)
         if backbone_path is not None:
             backbone_sd = _load_file(backbone_path, "backbone")
             backbone_src = str(backbone_path)

@@ -39,7 +39,7 @@ from Utils.imresize import imresize, modcrop
 
 log = logging.getLogger(__name__)
 
-__all__ = ["prepare_testset", "prepare_div2k", "testset_dirs", "default_set_name", "main"]
+__all__ = ["prepare_testset", "prepare_div2k", "testset_dirs", "default_set_name", "default_lr_dir", "main"]
 
 PathLike = Union[str, Path]
 _AUTO_POOL_MIN_FILES = 32  # below this many images a pool costs more than it saves
@@ -178,6 +178,16 @@ def _check_names(files: Sequence[Path]) -> None:
         seen[f.stem] = f
 
 
+def _pool_context() -> multiprocessing.context.BaseContext:
+    """A fork server with the image modules preloaded where available (workers start quickly and
+    inherit no threads), else spawn."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["Utils.image_io", "Utils.imresize"])
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
 def _run(tasks: list[_Task], workers: Optional[int], desc: str) -> _Tally:
     """Run tasks serially or in a process pool, with a progress bar, and tally the outcomes."""
     if workers is None:
@@ -193,8 +203,12 @@ def _run(tasks: list[_Task], workers: Optional[int], desc: str) -> _Tally:
                     tally.add(o)
                 bar.update()
         else:
-            with multiprocessing.get_context("spawn").Pool(workers) as pool:
-                for outcomes in pool.imap_unordered(_process, tasks, chunksize=1):
+            # Refer to the worker function through the package module, not ``__main__``, so that
+            # ``python -m Utils.prepare_data`` workers need not re-run the CLI module.
+            from Utils.prepare_data import _process as process
+
+            with _pool_context().Pool(workers) as pool:
+                for outcomes in pool.imap_unordered(process, tasks, chunksize=1):
                     for o in outcomes:
                         tally.add(o)
                     bar.update()
@@ -240,25 +254,36 @@ def prepare_testset(hr_dir: PathLike, name: str, out_root: PathLike, scale: int 
     return _summary(tally, f"{name} ({len(files)} images)", {"dirs": dirs})
 
 
-def _default_div2k_lr_dir(hr_dir: Path, scale: int) -> Path:
-    base = hr_dir.resolve().name
-    stem = base[: -len("_HR")] if base.upper().endswith("_HR") else base
-    return hr_dir.resolve().parent / f"{stem}_LR_bicubic" / f"X{scale}"
+def default_lr_dir(hr_dir: PathLike, scale: int = 4) -> Path:
+    """DIV2K/EDSR naming of the LR folder beside an HR folder.
+
+    ``DIV2K_train_HR`` gives ``DIV2K_train_LR_bicubic/X4``, ``Set5/HR`` gives ``Set5/LR_bicubic/X4``
+    and any other ``name`` gives ``name_LR_bicubic/X4``, all beside the HR folder.
+    """
+    hr_dir = Path(hr_dir).resolve()
+    base = hr_dir.name
+    if base.upper() == "HR":
+        lr_name = "LR_bicubic"
+    elif base.upper().endswith("_HR"):
+        lr_name = base[: -len("_HR")] + "_LR_bicubic"
+    else:
+        lr_name = base + "_LR_bicubic"
+    return hr_dir.parent / lr_name / f"X{scale}"
 
 
 def prepare_div2k(hr_dir: PathLike, lr_dir: Optional[PathLike] = None, scale: int = 4, *,
                   overwrite: bool = False, workers: Optional[int] = None) -> dict:
     """Write (or verify) DIV2K-style LR images ``<stem>x<scale>.png`` of every HR image.
 
-    HR is cropped to a multiple of ``scale`` first. ``lr_dir`` defaults to
-    ``<hr_dir>/../DIV2K_train_LR_bicubic/X4`` for ``DIV2K_train_HR`` (``*_HR`` becomes
-    ``*_LR_bicubic``). Returns the same counts as :func:`prepare_testset`, with ``lr_dir``.
+    HR is cropped to a multiple of ``scale`` first. ``lr_dir`` defaults to :func:`default_lr_dir`
+    (``<hr_dir>/../DIV2K_train_LR_bicubic/X4`` for ``DIV2K_train_HR``). Returns the same counts as
+    :func:`prepare_testset`, with ``lr_dir``.
     """
     _check_scale_mod(scale, scale)
     hr_dir = Path(hr_dir)
     files = list_images(hr_dir)
     _check_names(files)
-    out = Path(lr_dir) if lr_dir is not None else _default_div2k_lr_dir(hr_dir, scale)
+    out = Path(lr_dir) if lr_dir is not None else default_lr_dir(hr_dir, scale)
     tasks = [_Task(str(f), (_Target("lr", str(out / f"{f.stem}x{scale}.png")),), scale, scale, overwrite)
              for f in files]
     tally = _run(tasks, workers, hr_dir.name)

@@ -85,20 +85,27 @@ def test_augmentation_applies_identically_to_lr_hr_and_extra_targets(tmp_path):
     hrs = [read_image(p) for p in sorted(hr_dir.iterdir())]
     ds = build_train_dataset(hr_dir, lr_dir, patch_size=24, rgb_permute=True, progress=False,
                              extra_targets={"neg": [255 - h for h in hrs]})
-    ds.add_extra_target("marker", lambda i: np.ascontiguousarray(np.broadcast_to(
-        (np.arange(hrs[i].shape[0])[:, None, None] * 7 + np.arange(hrs[i].shape[1])[None, :, None] * 3
-         + np.arange(3)[None, None, :]) % 256, hrs[i].shape)).astype(np.uint8))
-    orientations = set()
-    for seed in range(40):
+    def marker(i: int) -> np.ndarray:
+        """Channels: row number, 100 + column number, 250 (tells orientation and permutation apart)."""
+        h, w = hrs[i].shape[:2]
+        yy, xx = np.mgrid[0:h, 0:w]
+        return np.stack([yy, 100 + xx, np.full_like(yy, 250)], axis=2).astype(np.uint8)
+
+    ds.add_extra_target("marker", marker)
+    states = set()
+    for seed in range(80):
         item = ds[(seed % 2, seed)]
         hr, lr = item["hr"], item["lr"]
-        torch.testing.assert_close(item["neg"], 1 - hr, atol=1e-6, rtol=0)
+        assert torch.allclose(item["neg"], 1 - hr, atol=1e-6, rtol=0)
         # HR is LR in 4x4 blocks: the HR patch's block means give the LR patch under any augmentation
-        torch.testing.assert_close(torch.nn.functional.avg_pool2d(hr[None], S)[0], lr, atol=1e-6, rtol=0)
+        assert torch.allclose(torch.nn.functional.avg_pool2d(hr[None], S)[0], lr, atol=1e-6, rtol=0)
         m = _u8(item["marker"]).astype(int)
-        orientations.add((m[0, 1, 0] - m[0, 0, 0]) % 256)  # 3, 7, 253 or 249: which way the axes went
-        assert sorted(m[0, 0] - m[0, 0].min()) == [0, 1, 2]  # channels permuted, not mixed
-    assert len(orientations) == 4
+        perm = tuple(int(np.argmax([m[0, 0, c] == 250, m[0, 0, c] >= 100, True])) for c in range(3))
+        assert sorted(perm) == [0, 1, 2]  # channels permuted, never mixed
+        y_c, x_c = perm.index(2), perm.index(1)
+        steps = tuple(int(np.sign(m[a, b, ch] - m[0, 0, ch])) for a, b in ((1, 0), (0, 1)) for ch in (y_c, x_c))
+        states.add((perm, steps))
+    assert len({p for p, _ in states}) == 6 and len({st for _, st in states}) == 8  # all 8 flips/transposes
 
 
 def test_repeat_length_and_index(tmp_path):

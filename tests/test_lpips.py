@@ -223,7 +223,7 @@ def test_download_through_torch_hub(tmp_path, backbone_file, monkeypatch):
             with pytest.raises(RuntimeError, match="deadbeef"):
                 lp.LPIPS(backbone_url=f"{base}/alexnet-owt-deadbeef.pth", heads_path=HEADS)
         assert (hub / "checkpoints" / f"alexnet-owt-{digest}.pth").is_file()
-        assert (hub / "checkpoints" / "lpips_v0.1_alex.pth").is_file()
+        assert (hub / "checkpoints" / "alex.pth").is_file()
         # server gone: the cached copies are used
         again = lp.LPIPS(backbone_url=f"http://127.0.0.1:9/alexnet-owt-{digest}.pth",
                          heads_url="http://127.0.0.1:9/alex.pth")
@@ -235,3 +235,19 @@ def test_download_through_torch_hub(tmp_path, backbone_file, monkeypatch):
     expected = lp.calculate_lpips(a, b, model=reference)
     assert lp.calculate_lpips(a, b, model=net) == pytest.approx(expected, abs=1e-7)
     assert lp.calculate_lpips(a, b, model=again) == pytest.approx(expected, abs=1e-7)
+
+
+def test_default_urls_use_files_already_in_the_hub_cache(tmp_path, backbone_file, monkeypatch):
+    # Offline use: copies placed under the hub cache names of the published URLs are loaded as is.
+    checkpoints = tmp_path / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    shutil.copy(backbone_file, checkpoints / lp.ALEXNET_URL.rsplit("/", 1)[1])
+    shutil.copy(need(HEADS), checkpoints / "lpips_v0.1_alex.pth")
+    monkeypatch.setattr(lp, "_MODEL_CACHE", {})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with _hub_dir(tmp_path / "hub"):
+        default = lp.get_lpips_model()
+        assert lp.get_lpips_model("cpu") is default
+    reference = lp.LPIPS(backbone_path=backbone_file, heads_path=HEADS)
+    a, b = _imgs(3), _imgs(4)
+    assert lp.calculate_lpips(a, b) == pytest.approx(lp.calculate_lpips(a, b, model=reference), abs=1e-7)

@@ -1,0 +1,124 @@
+"""Training-loader throughput: 192x192 HR patches per second from the decoded cache vs decoding files.
+
+Same dataset, same batch (16), same workers; the only difference is ``cache_dir``. Runs on T91 from
+``../shared/data`` and on the demo data (``python -m Utils.demo_data``, built on the fly into
+``bench/results/demo_data``); Set14 when present too. Prints a table and appends one CSV row per
+(data, workers) to ``bench/results/loader.csv``. Example::
+
+    python bench/bench_loader.py                      # T91, demo, Set14; workers 2 and 0
+    python bench/bench_loader.py --data demo --workers 2 --batches 60
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import os
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from Utils.datasets import SRTrainDataset, build_train_dataset, make_train_loader  # noqa: E402
+
+log = logging.getLogger("bench_loader")
+SHARED = Path(os.environ.get("DTKD_SHARED_DATA", REPO.parent / "shared" / "data"))
+RESULTS = REPO / "bench" / "results"
+
+
+def _sources(names: list[str]) -> dict[str, tuple[Path, Path]]:
+    """(HR dir, LR dir) of each requested data set that is available here."""
+    out: dict[str, tuple[Path, Path]] = {}
+    for name in names:
+        if name == "t91":
+            root = SHARED / "train" / "T91"
+        elif name == "set14":
+            root = SHARED / "benchmark" / "Set14"
+        elif name == "demo":
+            from Utils.demo_data import build_demo_data
+
+            paths = build_demo_data(RESULTS / "demo_data")
+            out[name] = (paths["train_hr"], paths["train_lr"])
+            continue
+        else:
+            raise SystemExit(f"unknown data set {name!r} (t91, demo, set14)")
+        if (root / "HR").is_dir():
+            out[name] = (root / "HR", root / "LR_bicubic" / "X4")
+        else:
+            log.warning("skipping %s: %s not found", name, root)
+    return out
+
+
+def patches_per_second(ds: SRTrainDataset, workers: int, batch: int, batches: int, warmup: int,
+                       seed: int = 0) -> float:
+    """Patches per second of a make_train_loader loop over ``batches`` batches after ``warmup``."""
+    loader = make_train_loader(ds, batch_size=batch, num_workers=workers, seed=seed, pin_memory=False)
+    it = iter(loader)
+    for _ in range(warmup):
+        next(it)
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        b = next(it)
+    dt = time.perf_counter() - t0
+    assert b["hr"].shape[-1] == ds.patch_size
+    del it, loader
+    return batches * batch / dt
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", nargs="+", default=["t91", "demo", "set14"])
+    p.add_argument("--workers", nargs="+", type=int, default=[2, 0])
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--patch", type=int, default=192)
+    p.add_argument("--batches", type=int, default=40, help="timed batches per measurement")
+    p.add_argument("--warmup", type=int, default=4)
+    p.add_argument("--repeats", type=int, default=3, help="measurements per setting; the best is kept")
+    p.add_argument("--csv", type=Path, default=RESULTS / "loader.csv")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("Utils.datasets").setLevel(logging.ERROR)  # the small-image list is long for T91
+
+    rows = []
+    for name, (hr, lr) in _sources(args.data).items():
+        kw = dict(patch_size=args.patch, rgb_permute=False, progress=False)
+        decode = build_train_dataset(hr, lr, **kw)
+        cached = build_train_dataset(hr, lr, cache_dir=RESULTS / "cache" / name, **kw)
+        sizes = [r.hr_size for r in decode.records]
+        mean_mp = sum(h * w for h, w in sizes) / len(sizes) / 1e6
+        for workers in args.workers:
+            pps = {}
+            for label, ds in (("decode", decode), ("cache", cached)):
+                pps[label] = max(patches_per_second(ds, workers, args.batch, args.batches, args.warmup)
+                                 for _ in range(args.repeats))
+            ratio = pps["cache"] / pps["decode"]
+            row = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "data": name,
+                   "images": decode.n_images, "mean_hr_mpix": round(mean_mp, 3), "workers": workers,
+                   "batch": args.batch, "patch": args.patch, "decode_pps": round(pps["decode"], 1),
+                   "cache_pps": round(pps["cache"], 1), "ratio": round(ratio, 2),
+                   "cpus": os.cpu_count(), "torch": torch.__version__, "host": platform.node()}
+            rows.append(row)
+            print(f"{name:6s} {decode.n_images:3d} imgs ({mean_mp:.2f} Mpix) workers={workers}: "
+                  f"decode {pps['decode']:8.1f} patches/s, cache {pps['cache']:8.1f} patches/s, "
+                  f"ratio {ratio:5.2f}x", flush=True)
+    if not rows:
+        raise SystemExit("no data set found to benchmark")
+    args.csv.parent.mkdir(parents=True, exist_ok=True)
+    new = not args.csv.is_file()
+    with open(args.csv, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        if new:
+            w.writeheader()
+        w.writerows(rows)
+    print(f"wrote {len(rows)} rows to {args.csv}")
+
+
+if __name__ == "__main__":
+    main()
