@@ -133,6 +133,13 @@ class Mlp(nn.Module):
         return self.fc2(F.relu(self.fc1(x)))
 
 
+def _runs_to_batch(t: torch.Tensor, start: int, count: int, length: int) -> torch.Tensor:
+    """(B, N, heads, d) tokens ``[start, start + count*length)`` -> (B*count, heads, length, d)."""
+    b, _, h, d = t.shape
+    t = t[:, start:start + count * length].reshape(b, count, length, h, d)
+    return t.permute(0, 1, 3, 2, 4).reshape(b * count, h, length, d)
+
+
 def chunked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chunk: int, scale: float) -> torch.Tensor:
     """Softmax attention restricted to consecutive runs of ``chunk`` tokens.
 
@@ -142,17 +149,17 @@ def chunked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chunk: 
     """
     b, n, h, d = q.shape
     n_full = n // chunk
+    rest = n - n_full * chunk
     outs = []
-    for start, length, count in ((0, chunk, n_full), (n_full * chunk, n - n_full * chunk, 1)):
-        if length == 0 or count == 0:
+    for start, count, length in ((0, n_full, chunk), (n_full * chunk, 1, rest)):
+        if count == 0 or length == 0:
             continue
-        stop = start + length * count
-
-        def group(t: torch.Tensor) -> torch.Tensor:
-            # (B, count*length, h, d) -> (B*count, h, length, d)
-            return t[:, start:stop].reshape(b, count, length, h, d).permute(0, 1, 3, 2, 4).reshape(b * count, h, length, d)
-
-        o = F.scaled_dot_product_attention(group(q), group(k), group(v), scale=scale)
+        o = F.scaled_dot_product_attention(
+            _runs_to_batch(q, start, count, length),
+            _runs_to_batch(k, start, count, length),
+            _runs_to_batch(v, start, count, length),
+            scale=scale,
+        )
         outs.append(o.view(b, count, h, length, d).permute(0, 1, 3, 2, 4).reshape(b, count * length, h * d))
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
 

@@ -383,9 +383,8 @@ def _open(url: str, offset: int, timeout: float):
     headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
-    req = urllib.request.Request(url, headers=headers)
     try:
-        return urllib.request.urlopen(req, timeout=timeout)
+        return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
     except urllib.error.HTTPError as e:
         e.close()
         if e.code == 416 and offset:
@@ -393,8 +392,12 @@ def _open(url: str, offset: int, timeout: float):
         if e.code in TRANSIENT_HTTP_CODES:
             raise _TransientError(f"HTTP {e.code} {e.reason}") from e
         raise DownloadError(f"HTTP {e.code} {e.reason} for {url}") from e
+    except ValueError as e:
+        raise DownloadError(f"invalid URL {url!r}: {e}") from e
     except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
         reason = getattr(e, "reason", e)
+        if isinstance(reason, FileNotFoundError):
+            raise DownloadError(f"not found: {url}") from e
         raise _TransientError(f"cannot connect: {reason}") from e
 
 
@@ -774,6 +777,8 @@ def _parse_overrides(values: Sequence[str]) -> dict[str, str]:
             raise ValueError(f"--url-override expects NAME=URL, got {v!r}")
         if entry is None:
             raise ValueError(f"--url-override names an unknown entry {name!r}")
+        if urllib.parse.urlsplit(url.strip()).scheme not in ("http", "https", "ftp", "file"):
+            raise ValueError(f"--url-override {name}: not an http(s), ftp or file URL: {url!r}")
         out[entry.name] = url.strip()
     return out
 

@@ -150,7 +150,10 @@ def image_metrics(sr: np.ndarray, gt: Optional[np.ndarray], opts: MetricOptions)
         if opts.lpips:
             out["lpips"] = metrics.calculate_lpips(sr, gt, crop_border=b, model=opts.lpips_model)
     if opts.niqe:
-        out["niqe"] = metrics.calculate_niqe(sr, b, params_path=opts.niqe_params)
+        try:
+            out["niqe"] = metrics.calculate_niqe(sr, b, params_path=opts.niqe_params)
+        except ValueError as exc:  # e.g. smaller than two 96x96 blocks: NIQE is undefined, the rest stands
+            log.warning("NIQE undefined for this image: %s", exc)
     if opts.ag:
         out["ag"] = metrics.calculate_average_gradient(sr, b, opts.test_y_channel)
     return out

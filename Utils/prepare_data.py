@@ -37,9 +37,9 @@ from tqdm import tqdm
 from Utils.image_io import ImageError, list_images, read_image, write_image
 from Utils.imresize import imresize, modcrop
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__spec__.name if __spec__ else __name__)  # same name under -m
 
-__all__ = ["prepare_testset", "prepare_div2k", "testset_dirs", "default_set_name", "default_lr_dir", "main"]
+__all__ = ["prepare_testset", "prepare_div2k", "dataset_dirs", "default_set_name", "default_lr_dir", "main"]
 
 PathLike = Union[str, Path]
 _AUTO_POOL_MIN_FILES = 32  # below this many images a pool costs more than it saves
@@ -96,7 +96,7 @@ def default_set_name(hr_dir: PathLike) -> str:
     return p.parent.name if p.name.lower() == "hr" else p.name
 
 
-def testset_dirs(out_root: PathLike, name: str, scale: int = 4, mod: int = 12) -> dict[str, Path]:
+def dataset_dirs(out_root: PathLike, name: str, scale: int = 4, mod: int = 12) -> dict[str, Path]:
     """The three Datasets2023 folders of a set: keys ``gt``, ``gtmod`` and ``lr``."""
     root = Path(out_root)
     return {
@@ -243,7 +243,7 @@ def prepare_testset(hr_dir: PathLike, name: str, out_root: PathLike, scale: int 
     _check_scale_mod(scale, mod)
     files = list_images(hr_dir)
     _check_names(files)
-    dirs = testset_dirs(out_root, name, scale, mod)
+    dirs = dataset_dirs(out_root, name, scale, mod)
     tasks = [
         _Task(str(f), (_Target("copy", str(dirs["gt"] / f"{f.stem}.png")),
                        _Target("mod", str(dirs["gtmod"] / f"{f.stem}.png")),
