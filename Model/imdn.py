@@ -31,7 +31,8 @@ def _conv(in_ch: int, out_ch: int, k: int) -> nn.Conv2d:
 class CCALayer(nn.Module):
     """Contrast-aware channel attention: gate channels by sigmoid(MLP(std + mean)).
 
-    The spatial mean and the (population) standard deviation come from one ``var_mean`` pass.
+    The spatial mean is computed once and shared by the standard deviation (population, i.e.
+    divided by H*W) and the mean term.
     """
 
     def __init__(self, channels: int, reduction: int = 16) -> None:
@@ -44,8 +45,9 @@ class CCALayer(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        var, mean = torch.var_mean(x, dim=(2, 3), correction=0, keepdim=True)
-        return x * self.conv_du(var.sqrt() + mean)
+        mean = x.mean(dim=(2, 3), keepdim=True)
+        std = (x - mean).square_().mean(dim=(2, 3), keepdim=True).sqrt_()
+        return x * self.conv_du(std + mean)
 
 
 class IMDModule(nn.Module):

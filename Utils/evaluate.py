@@ -117,6 +117,26 @@ def match_gt(sr_shape: tuple[int, ...], gt: np.ndarray, gt_path: PathLike, scale
     raise ImageError(gt_path, f"size {gw}x{gh} does not match the x{scale} LR (expected {w}x{h})")
 
 
+def link_benchmark_as_datasets2023(benchmark: PathLike, out_root: PathLike, sets: Sequence[str],
+                                   scale: int = 4) -> Path:
+    """Lay official EDSR-layout files (``<Set>/HR``, ``<Set>/LR_bicubic/X4``) out as Datasets2023 by symlinks.
+
+    The LR files are the official ones, so the figures equal the published ones even where an HR
+    image is not a multiple of 12 (which ``Utils.prepare_data`` would crop).
+    """
+    benchmark, out_root = Path(benchmark), Path(out_root)
+    for s in sets:
+        lr_dir = out_root / f"GTmod12_LRx{scale}" / f"{s}_LRbicx{scale}"
+        gt_dir = out_root / "GTmod12" / f"{s}_GTmod12"
+        lr_dir.mkdir(parents=True, exist_ok=True)
+        gt_dir.mkdir(parents=True, exist_ok=True)
+        for pair in pair_images(benchmark / s / "LR_bicubic" / f"X{scale}", benchmark / s / "HR", scale):
+            for src, dst in ((pair.gt, gt_dir / f"{pair.name}.png"), (pair.lr, lr_dir / f"{pair.name}.png")):
+                if not dst.exists():
+                    dst.symlink_to(Path(src).resolve())
+    return out_root
+
+
 # ----------------------------------------------------------------------------- metrics
 
 @dataclass

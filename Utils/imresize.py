@@ -121,14 +121,34 @@ def _plan(in_hw: Sequence[int], scale: Optional[float],
     return passes
 
 
+_CHUNK_ELEMENTS = 1 << 20  # output values per block: keeps the temporaries in cache
+
+
 def _resize_axis_np(arr: np.ndarray, axis: int, weights: np.ndarray, indices: np.ndarray) -> np.ndarray:
-    """One separable pass along ``axis`` (0 = height, 1 = width) of a float64 HW or HWC array."""
-    shape = [1] * arr.ndim
-    shape[axis] = weights.shape[0]
-    out = None
-    for k in range(weights.shape[1]):  # taps summed in order, like MATLAB's resize kernel
-        term = np.take(arr, indices[:, k], axis=axis) * weights[:, k].reshape(shape)
-        out = term if out is None else out + term
+    """One separable pass along ``axis`` (0 = height, 1 = width) of an HW or HWC array, in float64.
+
+    The taps are summed in order, as MATLAB's resize kernel does, over blocks of the other axis.
+    """
+    n_out = weights.shape[0]
+    other = 1 - axis
+    out_shape = list(arr.shape)
+    out_shape[axis] = n_out
+    out = np.empty(out_shape, dtype=np.float64)
+    per_line = n_out * (arr.shape[2] if arr.ndim == 3 else 1)
+    step = max(1, _CHUNK_ELEMENTS // per_line)
+    wshape = [1] * arr.ndim
+    wshape[axis] = n_out
+    cols = [weights[:, k].reshape(wshape) for k in range(weights.shape[1])]
+    for start in range(0, arr.shape[other], step):
+        sl = [slice(None)] * arr.ndim
+        sl[other] = slice(start, start + step)
+        part = arr[tuple(sl)].astype(np.float64, copy=False)
+        acc = out[tuple(sl)]
+        tmp = np.empty_like(acc)
+        np.multiply(np.take(part, indices[:, 0], axis=axis), cols[0], out=acc)
+        for k in range(1, len(cols)):
+            np.multiply(np.take(part, indices[:, k], axis=axis), cols[k], out=tmp)
+            acc += tmp
     return out
 
 
@@ -156,7 +176,7 @@ def imresize(img: np.ndarray, scale: Optional[float] = None, antialiasing: bool 
     cur = img
     for axis, n_in, n_out, s in passes:
         weights, indices = resize_weights(n_in, n_out, s, bool(antialiasing))
-        res = _resize_axis_np(cur.astype(np.float64, copy=False), axis, weights, indices)
+        res = _resize_axis_np(cur, axis, weights, indices)
         cur = _round_uint8(res) if is_uint8 else res
     if is_uint8:
         return cur

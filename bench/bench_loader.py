@@ -1,6 +1,7 @@
 """Training-loader throughput: 192x192 HR patches per second from the decoded cache vs decoding files.
 
-Same dataset, same batch (16), same workers; the only difference is ``cache_dir``. Runs on T91 from
+Same dataset, same batch (16), same workers; the only difference is ``cache_dir`` (float32 patches;
+the last column also shows the cache path with ``uint8=True``, converted on the device instead). Runs on T91 from
 ``../shared/data`` and on the demo data (``python -m Utils.demo_data``, built on the fly into
 ``bench/results/demo_data``); Set14 when present too. Prints a table and appends one CSV row per
 (data, workers) to ``bench/results/loader.csv``. Example::
@@ -78,9 +79,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workers", nargs="+", type=int, default=[2, 0])
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--patch", type=int, default=192)
-    p.add_argument("--batches", type=int, default=40, help="timed batches per measurement")
+    p.add_argument("--batches", type=int, default=30, help="timed batches per measurement")
     p.add_argument("--warmup", type=int, default=4)
-    p.add_argument("--repeats", type=int, default=3, help="measurements per setting; the best is kept")
+    p.add_argument("--repeats", type=int, default=2, help="measurements per setting; the best is kept")
     p.add_argument("--csv", type=Path, default=RESULTS / "loader.csv")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -91,11 +92,12 @@ def main(argv: list[str] | None = None) -> None:
         kw = dict(patch_size=args.patch, rgb_permute=False, progress=False)
         decode = build_train_dataset(hr, lr, **kw)
         cached = build_train_dataset(hr, lr, cache_dir=RESULTS / "cache" / name, **kw)
+        cached_u8 = build_train_dataset(hr, lr, cache_dir=RESULTS / "cache" / name, uint8=True, **kw)
         sizes = [r.hr_size for r in decode.records]
         mean_mp = sum(h * w for h, w in sizes) / len(sizes) / 1e6
         for workers in args.workers:
             pps = {}
-            for label, ds in (("decode", decode), ("cache", cached)):
+            for label, ds in (("decode", decode), ("cache", cached), ("cache_u8", cached_u8)):
                 pps[label] = max(patches_per_second(ds, workers, args.batch, args.batches, args.warmup)
                                  for _ in range(args.repeats))
             ratio = pps["cache"] / pps["decode"]
@@ -103,14 +105,20 @@ def main(argv: list[str] | None = None) -> None:
                    "images": decode.n_images, "mean_hr_mpix": round(mean_mp, 3), "workers": workers,
                    "batch": args.batch, "patch": args.patch, "decode_pps": round(pps["decode"], 1),
                    "cache_pps": round(pps["cache"], 1), "ratio": round(ratio, 2),
+                   "cache_uint8_pps": round(pps["cache_u8"], 1),
                    "cpus": os.cpu_count(), "torch": torch.__version__, "host": platform.node()}
             rows.append(row)
             print(f"{name:6s} {decode.n_images:3d} imgs ({mean_mp:.2f} Mpix) workers={workers}: "
                   f"decode {pps['decode']:8.1f} patches/s, cache {pps['cache']:8.1f} patches/s, "
-                  f"ratio {ratio:5.2f}x", flush=True)
+                  f"ratio {ratio:5.2f}x; cache with uint8 tensors {pps['cache_u8']:8.1f} patches/s", flush=True)
     if not rows:
         raise SystemExit("no data set found to benchmark")
     args.csv.parent.mkdir(parents=True, exist_ok=True)
+    if args.csv.is_file():
+        with open(args.csv, newline="") as f:
+            header = next(csv.reader(f), [])
+        if header != list(rows[0]):  # columns changed since that file was started: keep it aside
+            args.csv.rename(args.csv.with_suffix(f".{int(time.time())}.csv"))
     new = not args.csv.is_file()
     with open(args.csv, "a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))

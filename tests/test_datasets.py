@@ -265,3 +265,13 @@ def test_demo_samples_ship_with_scikit_image():
         for load in list(train.values()) + list(test.values()):
             img = demo._rgb(load())
             assert img.dtype == np.uint8 and img.ndim == 3 and min(img.shape[:2]) >= 192
+
+
+def test_uint8_items_match_float_items(tmp_path):
+    hr_dir, lr_dir = _paired_blocks(tmp_path, [(10, 12)])
+    f32 = build_train_dataset(hr_dir, lr_dir, patch_size=32, rgb_permute=True, progress=False)
+    u8 = build_train_dataset(hr_dir, lr_dir, patch_size=32, rgb_permute=True, uint8=True, progress=False)
+    for seed in range(3):
+        a, b = f32[(0, seed)], u8[(0, seed)]
+        assert b["hr"].dtype == torch.uint8 and a["hr"].dtype == torch.float32
+        assert torch.equal(b["hr"].float().div_(255), a["hr"]) and torch.equal(b["lr"].float().div_(255), a["lr"])

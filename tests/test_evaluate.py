@@ -12,7 +12,7 @@ from PIL import Image
 
 import main_for_infer
 from Model import build_model
-from Utils.evaluate import dataset_name, find_gt_folder, pair_images, results_folder_name
+from Utils.evaluate import dataset_name, link_benchmark_as_datasets2023, find_gt_folder, pair_images, results_folder_name
 from Utils.image_io import ImageError
 from tests.conftest import BENCHMARK, WEIGHTS, need
 
@@ -37,25 +37,12 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def datasets2023_from_benchmark(root: Path, sets=("Set5",)) -> Path:
-    """The official files laid out as Datasets2023 (same names in GTmod12 and GTmod12_LRx4)."""
-    for s in sets:
-        lr_dir = root / "GTmod12_LRx4" / f"{s}_LRbicx4"
-        gt_dir = root / "GTmod12" / f"{s}_GTmod12"
-        lr_dir.mkdir(parents=True)
-        gt_dir.mkdir(parents=True)
-        for hr in sorted((need(BENCHMARK / s) / "HR").glob("*.png")):
-            (gt_dir / hr.name).symlink_to(hr.resolve())
-            (lr_dir / hr.name).symlink_to((BENCHMARK / s / "LR_bicubic" / "X4" / f"{hr.stem}x4.png").resolve())
-    return root
-
-
 @pytest.fixture(scope="module")
 def set5_all_checkpoints(tmp_path_factory):
     """Every published checkpoint evaluated with the seed's command line into ONE output folder."""
     need(WEIGHTS)
     tmp = tmp_path_factory.mktemp("ref")
-    data = datasets2023_from_benchmark(tmp / "Datasets2023")
+    data = link_benchmark_as_datasets2023(need(BENCHMARK), tmp / "Datasets2023", ["Set5"])
     ckroot = tmp / "Checkpoints"
     for (model, rel) in REFERENCE_SET5:
         (ckroot / model).mkdir(parents=True, exist_ok=True)
