@@ -58,8 +58,8 @@ class ESA(nn.Module):
         coarse = F.relu(self.conv3(coarse), inplace=True)
         coarse = self.conv3_(coarse)
         mask = F.interpolate(coarse, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        mask = mask + self.conv_f(reduced)
-        return x * torch.sigmoid(self.conv4(mask))
+        mask += self.conv_f(reduced)
+        return x * torch.sigmoid_(self.conv4(mask))
 
 
 class RFDB(nn.Module):
