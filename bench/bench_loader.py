@@ -1,7 +1,9 @@
 """Training-loader throughput: 192x192 HR patches per second from the decoded cache vs decoding files.
 
 Same dataset, same batch (16), same workers; the only difference is ``cache_dir`` (float32 patches;
-the last column also shows the cache path with ``uint8=True``, converted on the device instead). Runs on T91 from
+the cache path with ``uint8=True``, converted on the device instead, is shown too). Two figures:
+wall-clock patches/s (best of interleaved rounds; sensitive to other load on the machine) and patches
+per CPU-second of the main process plus workers (what one dedicated core delivers; insensitive to load). Runs on T91 from
 ``../shared/data`` and on the demo data (``python -m Utils.demo_data``, built on the fly into
 ``bench/results/demo_data``); Set14 when present too. Prints a table and appends one CSV row per
 (data, workers) to ``bench/results/loader.csv``. Example::
@@ -57,20 +59,46 @@ def _sources(names: list[str]) -> dict[str, tuple[Path, Path]]:
     return out
 
 
-def patches_per_second(ds: SRTrainDataset, workers: int, batch: int, batches: int, warmup: int,
-                       seed: int = 0) -> float:
-    """Patches per second of a make_train_loader loop over ``batches`` batches after ``warmup``."""
-    loader = make_train_loader(ds, batch_size=batch, num_workers=workers, seed=seed, pin_memory=False)
-    it = iter(loader)
-    for _ in range(warmup):
-        next(it)
-    t0 = time.perf_counter()
-    for _ in range(batches):
-        b = next(it)
-    dt = time.perf_counter() - t0
-    assert b["hr"].shape[-1] == ds.patch_size
-    del it, loader
-    return batches * batch / dt
+def _cpu_seconds(it: object) -> float:
+    """CPU time (user + system) of this process and of the loader's worker processes so far."""
+    total = time.process_time()
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    for w in getattr(it, "_workers", []):  # DataLoader's worker processes (private, Linux /proc only)
+        try:
+            fields = Path(f"/proc/{w.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        except (OSError, IndexError, ValueError):
+            return float("nan")
+    return total
+
+
+def measure(datasets: dict[str, SRTrainDataset], workers: int, batch: int, batches: int, warmup: int,
+            rounds: int, seed: int = 0) -> dict[str, tuple[float, float]]:
+    """(best patches/s, patches per CPU-second) of each dataset's make_train_loader.
+
+    The loaders take turns within each round, so background load on a shared machine hits them
+    alike; the best wall-clock round is kept. CPU time (main process plus workers) over all rounds
+    does not depend on other load: patches per CPU-second is what one dedicated core delivers.
+    """
+    its = {}
+    for label, ds in datasets.items():
+        its[label] = iter(make_train_loader(ds, batch_size=batch, num_workers=workers, seed=seed,
+                                            pin_memory=False))
+        for _ in range(warmup):
+            next(its[label])
+    best = {label: 0.0 for label in datasets}
+    cpu = {label: 0.0 for label in datasets}
+    for _ in range(rounds):
+        for label, it in its.items():
+            c0, t0 = _cpu_seconds(it), time.perf_counter()
+            for _ in range(batches):
+                b = next(it)
+            dt = time.perf_counter() - t0
+            cpu[label] += _cpu_seconds(it) - c0
+            best[label] = max(best[label], batches * batch / dt)
+            assert b["hr"].shape[-1] == datasets[label].patch_size
+    del its, it
+    return {label: (best[label], rounds * batches * batch / cpu[label]) for label in datasets}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -79,13 +107,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workers", nargs="+", type=int, default=[2, 0])
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--patch", type=int, default=192)
-    p.add_argument("--batches", type=int, default=30, help="timed batches per measurement")
+    p.add_argument("--batches", type=int, default=20, help="timed batches per measurement")
     p.add_argument("--warmup", type=int, default=4)
-    p.add_argument("--repeats", type=int, default=2, help="measurements per setting; the best is kept")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved rounds per setting; the best is kept")
     p.add_argument("--csv", type=Path, default=RESULTS / "loader.csv")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("Utils.datasets").setLevel(logging.ERROR)  # the small-image list is long for T91
+    torch.set_num_threads(1)  # collate in the main process (workers=0) like in a worker: no OpenMP spin
 
     rows = []
     for name, (hr, lr) in _sources(args.data).items():
@@ -96,21 +125,24 @@ def main(argv: list[str] | None = None) -> None:
         sizes = [r.hr_size for r in decode.records]
         mean_mp = sum(h * w for h, w in sizes) / len(sizes) / 1e6
         for workers in args.workers:
-            pps = {}
-            for label, ds in (("decode", decode), ("cache", cached), ("cache_u8", cached_u8)):
-                pps[label] = max(patches_per_second(ds, workers, args.batch, args.batches, args.warmup)
-                                 for _ in range(args.repeats))
-            ratio = pps["cache"] / pps["decode"]
+            m = measure({"decode": decode, "cache": cached, "cache_u8": cached_u8}, workers,
+                        args.batch, args.batches, args.warmup, args.repeats)
+            ratio, cpu_ratio = m["cache"][0] / m["decode"][0], m["cache"][1] / m["decode"][1]
             row = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "data": name,
                    "images": decode.n_images, "mean_hr_mpix": round(mean_mp, 3), "workers": workers,
-                   "batch": args.batch, "patch": args.patch, "decode_pps": round(pps["decode"], 1),
-                   "cache_pps": round(pps["cache"], 1), "ratio": round(ratio, 2),
-                   "cache_uint8_pps": round(pps["cache_u8"], 1),
+                   "batch": args.batch, "patch": args.patch,
+                   "decode_pps": round(m["decode"][0], 1), "cache_pps": round(m["cache"][0], 1),
+                   "ratio": round(ratio, 2), "cache_uint8_pps": round(m["cache_u8"][0], 1),
+                   "decode_per_cpu_s": round(m["decode"][1], 1), "cache_per_cpu_s": round(m["cache"][1], 1),
+                   "cpu_ratio": round(cpu_ratio, 2), "cache_uint8_per_cpu_s": round(m["cache_u8"][1], 1),
+                   "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else "",
                    "cpus": os.cpu_count(), "torch": torch.__version__, "host": platform.node()}
             rows.append(row)
-            print(f"{name:6s} {decode.n_images:3d} imgs ({mean_mp:.2f} Mpix) workers={workers}: "
-                  f"decode {pps['decode']:8.1f} patches/s, cache {pps['cache']:8.1f} patches/s, "
-                  f"ratio {ratio:5.2f}x; cache with uint8 tensors {pps['cache_u8']:8.1f} patches/s", flush=True)
+            print(f"{name:6s} {decode.n_images:3d} imgs ({mean_mp:.2f} Mpix) workers={workers}: patches/s "
+                  f"decode {m['decode'][0]:7.1f}, cache {m['cache'][0]:7.1f} ({ratio:5.2f}x), "
+                  f"cache uint8 {m['cache_u8'][0]:7.1f} | per CPU-second decode {m['decode'][1]:7.1f}, "
+                  f"cache {m['cache'][1]:7.1f} ({cpu_ratio:5.2f}x), cache uint8 {m['cache_u8'][1]:7.1f}",
+                  flush=True)
     if not rows:
         raise SystemExit("no data set found to benchmark")
     args.csv.parent.mkdir(parents=True, exist_ok=True)

@@ -103,7 +103,8 @@ def test_cli_subprocess(set5_hr: Path, tmp_path: Path, caplog) -> None:
     with caplog.at_level(logging.INFO, logger="Utils.prepare_data"):
         assert main(["--hr", str(set5_hr), "--out", str(out)]) == 0
     assert "15 written" in caplog.text
-    assert sorted(p.name for p in (out / "GTmod12_LRx4" / "Set5_LRbicx4").iterdir()) == [f"{n}.png" for n in SET5]
+    written = sorted(p.name for p in (out / "GTmod12_LRx4" / "Set5_LRbicx4").iterdir())
+    assert written == [f"{n}.png" for n in SET5]
     (out / "GTmod12" / "Set5_GTmod12" / "baby.png").write_bytes(b"not a png")
     cmd = [sys.executable, "-m", "Utils.prepare_data", "--hr", str(set5_hr), "--out", str(out)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}

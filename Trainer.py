@@ -1,0 +1,505 @@
+"""The training loop: iteration-bounded, exactly resumable, DDP-ready, with per-term loss logging.
+
+One :class:`Trainer` serves every mode: plain training on ground truth (students, baselines and
+the fidelity teacher), EdgeSRN's edge-guided training and DTKD distillation. A mode is an
+*objective* (see :mod:`Utils.objectives`): it turns (SR, batch) into named, weighted loss terms.
+
+Files in ``<experiments_root>/<name>/``: ``config.yaml``, ``log.csv`` (one row per iteration,
+each loss term separately), ``curves.png``, ``checkpoints/latest.pth`` and ``checkpoints/best.pth``
+(everything needed to resume exactly), ``weights/final.pth`` and ``weights/best.pth`` (plain
+state dicts that ``get_model(..., checkpoint=...)`` loads).
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import random
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from Model import build_model, get_preset
+from Utils.checkpoint import atomic_save, load_weights, read_checkpoint, unwrap_model
+
+log = logging.getLogger("Trainer")
+
+DETERMINISTIC_LOG_COLUMNS = ("iter", "lr", "total", "nonfinite", "val_psnr", "val_ssim")
+TIMING_LOG_COLUMNS = ("imgs_per_s", "elapsed")
+
+
+class TrainingError(RuntimeError):
+    """A problem that stops training, with a one-line message."""
+
+
+# ----------------------------------------------------------------------------- small pieces
+
+class ModelEMA:
+    """Exponential moving average of a model's parameters (buffers are copied)."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        import copy
+
+        self.decay = decay
+        self.module = copy.deepcopy(unwrap_model(model)).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        src = unwrap_model(model)
+        ema_p = list(self.module.parameters())
+        torch._foreach_lerp_(ema_p, [p.detach() for p in src.parameters()], 1.0 - self.decay)
+        for b_ema, b in zip(self.module.buffers(), src.buffers()):
+            b_ema.copy_(b)
+
+
+def rng_state() -> dict:
+    """RNG states of Python, NumPy and torch (CPU and CUDA)."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def build_optimizer(name: str, params, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """Adam (the field's default, betas 0.9/0.99), AdamW or SGD."""
+    name = name.lower()
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.99), weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}; choose adam, adamw or sgd")
+
+
+def build_scheduler(name: str, opt: torch.optim.Optimizer, iters: int, step_size: int, gamma: float,
+                    milestones: Optional[list[int]], eta_min: float) -> torch.optim.lr_scheduler.LRScheduler:
+    """Iteration-based schedules: step, multistep, cosine, or constant."""
+    name = name.lower()
+    if name == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, step_size), gamma=gamma)
+    if name == "multistep":
+        ms = milestones or [int(iters * f) for f in (0.5, 0.75, 0.9)]
+        return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=ms, gamma=gamma)
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, iters), eta_min=eta_min)
+    if name in ("none", "constant"):
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    raise ValueError(f"unknown scheduler {name!r}; choose step, multistep, cosine or constant")
+
+
+def _dist_info() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from torchrun's environment (0, 1, 0 without it)."""
+    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+            int(os.environ.get("LOCAL_RANK", 0)))
+
+
+# ----------------------------------------------------------------------------- the trainer
+
+class Trainer:
+    """Iteration-bounded training of one preset with one objective; see the module docstring."""
+
+    def __init__(self, cfg: dict):
+        self.cfg = cfg
+        self.rank, self.world, self.local_rank = _dist_info()
+        self.is_main = self.rank == 0
+        self.distributed = self.world > 1
+        use_cuda = torch.cuda.is_available() and not cfg.get("cpu", False)
+        self.device = torch.device(f"cuda:{self.local_rank}" if use_cuda else "cpu")
+        if self.distributed and not dist.is_initialized():
+            if use_cuda:
+                torch.cuda.set_device(self.device)
+            dist.init_process_group("nccl" if use_cuda else "gloo")
+        if cfg["batch_size"] % self.world:
+            raise TrainingError(f"--batch_size {cfg['batch_size']} is not divisible by {self.world} processes")
+        self.exp_dir = Path(cfg["experiments_root"]) / cfg["name"]
+        self.iteration = 0
+        self.best_psnr = -math.inf
+        self.nonfinite_in_a_row = 0
+        self.nonfinite_total = 0
+        self._stop_signal: Optional[int] = None
+        self._seed_everything(cfg["seed"])
+
+        self.preset = get_preset(cfg["model_name"])
+        model = build_model(self.preset.name, cfg["scale"])
+        if cfg.get("checkpoint"):
+            load_weights(model, cfg["checkpoint"], self.preset)
+        model.to(self.device)
+        if cfg.get("channels_last"):
+            model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.ema = ModelEMA(model, cfg["ema"]) if cfg.get("ema", 0) > 0 else None
+        self.optimizer = build_optimizer(cfg["optimizer"], [p for p in model.parameters() if p.requires_grad],
+                                         cfg["lr"], cfg.get("weight_decay", 0.0))
+        self.scheduler = build_scheduler(cfg["scheduler"], self.optimizer, cfg["iters"], cfg["lr_step"],
+                                         cfg["gamma"], cfg.get("milestones"), cfg.get("eta_min", 0.0))
+        self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.get("amp", "none")]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
+
+        from Utils.objectives import build_objective
+
+        self.objective = build_objective(cfg, self.device)
+        self.train_model: nn.Module = model
+        if cfg.get("compile"):
+            self.train_model = torch.compile(self.train_model)
+        if self.distributed:
+            self.train_model = nn.parallel.DistributedDataParallel(
+                self.train_model, device_ids=[self.local_rank] if use_cuda else None)
+
+        self.log_columns: list[str] = ["iter", "lr", *self.objective.term_names, "total", "nonfinite",
+                                       *self.objective.stat_names, "val_psnr", "val_ssim", *TIMING_LOG_COLUMNS]
+        self._valid_pairs = None
+
+    # -- set-up helpers ------------------------------------------------------------------------
+    def _seed_everything(self, seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+    def preflight(self) -> None:
+        """Fail before training when the experiment folder cannot be written or the disk is nearly full."""
+        if not self.is_main:
+            return
+        try:
+            self.exp_dir.mkdir(parents=True, exist_ok=True)
+            probe = self.exp_dir / ".write_test"
+            probe.write_bytes(b"0" * 1024)
+            probe.unlink()
+        except OSError as exc:
+            raise TrainingError(f"{self.exp_dir}: cannot write the experiment folder ({exc.strerror or exc})")
+        n_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        need = n_bytes * (8 if self.ema else 6) + (64 << 20)  # latest+best (model, EMA, Adam moments), weights
+        free = shutil.disk_usage(self.exp_dir).free
+        if free < need:
+            raise TrainingError(f"{self.exp_dir}: only {free >> 20} MiB free, checkpoints need about {need >> 20} MiB")
+
+    def _build_data(self):
+        from Utils.datasets import build_train_dataset, make_train_loader
+
+        cfg = self.cfg
+        if cfg.get("train_hr"):
+            hr_dirs, lr_dirs = cfg["train_hr"], cfg.get("train_lr")
+        elif cfg.get("root"):
+            root = Path(cfg["root"])
+            hr_dirs = [root / "DIV2K_train_HR"]
+            lr = root / "DIV2K_train_LR_bicubic" / f"X{cfg['scale']}"
+            lr_dirs = [lr] if lr.is_dir() else None
+        else:
+            raise TrainingError("no training data: give --root DIR (DIV2K layout) or --train_hr DIR [DIR ...]")
+        extra = self.objective.extra_targets_factory() if hasattr(self.objective, "extra_targets_factory") else None
+        ds = build_train_dataset(hr_dirs, lr_dirs, scale=cfg["scale"], patch_size=cfg["patch_size"],
+                                 rgb_permute=cfg.get("rgb_permute", False), repeat=cfg.get("repeat", 1),
+                                 cache_dir=cfg.get("cache_dir"), seed=cfg["seed"], uint8=True,
+                                 progress=self.is_main)
+        if extra is not None:
+            extra(ds)
+        self.dataset = ds
+        return make_train_loader(ds, cfg["batch_size"] // self.world, num_workers=cfg["num_workers"],
+                                 seed=cfg["seed"], start_iter=self.iteration, rank=self.rank,
+                                 world_size=self.world, pin_memory=self.device.type == "cuda")
+
+    def _validation_pairs(self):
+        if self._valid_pairs is None:
+            from Utils.evaluate import find_gt_folder, pair_images
+
+            cfg = self.cfg
+            v = cfg.get("valid_dataset")
+            if not v:
+                self._valid_pairs = []
+                return self._valid_pairs
+            p = Path(v)
+            if not p.is_dir():
+                p = Path(cfg["datasets_root"]) / f"GTmod12_LRx{cfg['scale']}" / f"{v}_LRbicx{cfg['scale']}"
+            gt = Path(cfg["valid_gt"]) if cfg.get("valid_gt") else find_gt_folder(p)
+            if gt is None:
+                raise TrainingError(f"{p}: no ground truth found for validation; pass --valid_gt DIR")
+            self._valid_pairs = pair_images(p, gt, cfg["scale"])
+        return self._valid_pairs
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def _state(self) -> dict:
+        return {
+            "model": unwrap_model(self.model).state_dict(),
+            "ema": self.ema.module.state_dict() if self.ema else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng_state(),
+            "iteration": self.iteration,
+            "sampler": {"seed": self.cfg["seed"], "position": self.iteration * self.cfg["batch_size"]},
+            "best_psnr": self.best_psnr,
+            "nonfinite_total": self.nonfinite_total,
+            "config": self.cfg,
+            "model_name": self.preset.name,
+        }
+
+    def export_weights(self) -> dict:
+        """The weights to publish: EMA when enabled, else the model (plain state dict)."""
+        return (self.ema.module if self.ema else unwrap_model(self.model)).state_dict()
+
+    def save(self, best: bool = False) -> None:
+        if not self.is_main:
+            return
+        state = self._state()
+        atomic_save(state, self.exp_dir / "checkpoints" / "latest.pth")
+        if best:
+            atomic_save(state, self.exp_dir / "checkpoints" / "best.pth")
+            atomic_save(self.export_weights(), self.exp_dir / "weights" / "best.pth")
+
+    def resume(self, path: Path) -> None:
+        # Our own checkpoints hold RNG and optimizer states: trusted files, loaded without weights_only.
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if state.get("model_name") != self.preset.name:
+            raise TrainingError(f"{path}: checkpoint of {state.get('model_name')}, not {self.preset.name}")
+        unwrap_model(self.model).load_state_dict(state["model"], strict=True)
+        if self.ema and state.get("ema") is not None:
+            self.ema.module.load_state_dict(state["ema"], strict=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        self.iteration = int(state["iteration"])
+        self.best_psnr = float(state["best_psnr"])
+        self.nonfinite_total = int(state.get("nonfinite_total", 0))
+        log.info("resumed from %s at iteration %d (lr %.3g)", path, self.iteration, self.optimizer.param_groups[0]["lr"])
+
+    def _find_resume(self) -> Optional[Path]:
+        cfg = self.cfg
+        latest = self.exp_dir / "checkpoints" / "latest.pth"
+        if cfg.get("resume"):
+            p = Path(cfg["resume"])
+            if not p.is_file():
+                raise TrainingError(f"{p}: --resume checkpoint not found")
+            return p
+        if latest.is_file():
+            if cfg.get("auto_resume"):
+                return latest
+            raise TrainingError(f"{self.exp_dir}: an experiment with this name exists; pass --auto_resume to "
+                                f"continue it or choose another --name")
+        return None
+
+    # -- logging -------------------------------------------------------------------------------
+    def _open_log(self) -> None:
+        """Open log.csv; on resume drop the rows after the resumed iteration (they will be redone)."""
+        path = self.exp_dir / "log.csv"
+        if self.iteration > 0 and path.is_file():
+            with open(path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["iter"]) <= self.iteration]
+            with open(path, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=self.log_columns)
+                w.writeheader()
+                w.writerows(rows)
+        elif not path.is_file() or self.iteration == 0:
+            with open(path, "w", newline="") as f:
+                csv.DictWriter(f, fieldnames=self.log_columns).writeheader()
+        self._log_file = open(path, "a", newline="")
+        self._log_writer = csv.DictWriter(self._log_file, fieldnames=self.log_columns, extrasaction="ignore")
+
+    def _write_log(self, row: dict) -> None:
+        self._log_writer.writerow({k: (f"{v:.8g}" if isinstance(v, float) else v) for k, v in row.items()})
+        self._log_file.flush()
+
+    def _tensorboard(self):
+        if not self.cfg.get("tensorboard"):
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as exc:
+            raise TrainingError(f"--tensorboard needs the tensorboard package ({exc}); pip install tensorboard")
+        return SummaryWriter(str(self.exp_dir / "tensorboard"))
+
+    # -- validation ----------------------------------------------------------------------------
+    def validate(self) -> Optional[dict]:
+        """PSNR/SSIM on the validation set (rank 0), with the evaluation code of main_for_infer.py."""
+        pairs = self._validation_pairs()
+        if not pairs:
+            return None
+        from Utils.evaluate import MetricOptions, evaluate_pairs
+        from Utils.inference import super_resolve
+
+        net = self.ema.module if self.ema else unwrap_model(self.model)
+        was_training = net.training
+        net.eval()
+        opts = MetricOptions(scale=self.cfg["scale"], niqe=False, ag=False)
+        res = evaluate_pairs(net, pairs, opts, progress=False,
+                             sr_fn=lambda x: super_resolve(net, x, self.cfg["scale"], self.preset.pad_multiple,
+                                                           amp=self.cfg.get("amp"), half_ok=self.preset.half_ok))
+        net.train(was_training)
+        if res.failures:
+            raise TrainingError(f"validation failed on {res.failures[0][0]}: {res.failures[0][1]}")
+        return res.means()
+
+    def plot_curves(self) -> None:
+        from Utils.plots import plot_training_curves
+
+        try:
+            plot_training_curves(self.exp_dir / "log.csv", self.exp_dir / "curves.png")
+        except Exception as exc:  # a plot must never stop training
+            log.warning("could not draw curves.png: %s", exc)
+
+    # -- the loop ------------------------------------------------------------------------------
+    def _on_signal(self, signum, frame) -> None:
+        self._stop_signal = signum
+        log.warning("signal %d received: saving latest.pth after this iteration", signum)
+
+    def train_step(self, batch: dict) -> tuple[Optional[dict[str, float]], dict[str, float]]:
+        """One optimisation step; returns (term values or None when skipped as non-finite, stats)."""
+        lr_img = batch["lr"].to(self.device, non_blocking=True).float().div_(255.0)
+        hr_img = batch["hr"].to(self.device, non_blocking=True).float().div_(255.0)
+        batch = {**batch, "lr": lr_img, "hr": hr_img}
+        for k, v in list(batch.items()):
+            if k not in ("lr", "hr") and isinstance(v, torch.Tensor) and v.dtype == torch.uint8:
+                batch[k] = v.to(self.device, non_blocking=True).float().div_(255.0)
+        if self.cfg.get("channels_last"):
+            lr_img = lr_img.contiguous(memory_format=torch.channels_last)
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            sr = self.train_model(lr_img)
+            terms, stats = self.objective(sr.float(), batch)
+        total = torch.stack(list(terms.values())).sum()
+        packed = torch.stack([total.detach(), *[t.detach() for t in terms.values()]]).float()
+        finite = torch.isfinite(packed).all().to(torch.int32)
+        if self.distributed:  # every rank must skip together, or DDP's all-reduce would hang
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        values = packed.cpu().tolist()  # the one host sync of a step (the log needs the values)
+        if not bool(finite.item()):
+            self.optimizer.zero_grad(set_to_none=True)
+            return None, stats
+        self.scaler.scale(total).backward()
+        if self.cfg.get("grad_clip", 0) > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg["grad_clip"])
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.ema:
+            self.ema.update(self.model)
+        out = dict(zip(terms.keys(), values[1:]))
+        out["total"] = values[0]
+        return out, stats
+
+    def fit(self) -> dict:
+        """Run to ``iters``; returns the last validation result (if any)."""
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        resume_path = self._find_resume() if self.is_main else None
+        if self.distributed:
+            holder = [str(resume_path) if resume_path else None]
+            dist.broadcast_object_list(holder, src=0)
+            resume_path = Path(holder[0]) if holder[0] else None
+        self.preflight()
+        if resume_path is not None:
+            self.resume(resume_path)
+        if self.is_main:
+            import yaml
+
+            self.exp_dir.mkdir(parents=True, exist_ok=True)
+            (self.exp_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=True))
+            self._open_log()
+        tb = self._tensorboard() if self.is_main else None
+        loader = self._build_data()
+        batches = iter(loader)
+        old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        self.model.train()
+        last_val: dict = {}
+        bar = tqdm(total=cfg["iters"], initial=self.iteration, disable=not self.is_main or cfg.get("quiet"),
+                   desc=cfg["name"], dynamic_ncols=True)
+        t_start = time.perf_counter()
+        kill_at = int(os.environ.get("DTKD_TEST_KILL_AT_ITER", "0"))  # tests: a real SIGKILL mid-run
+        try:
+            while self.iteration < cfg["iters"]:
+                t0 = time.perf_counter()
+                batch = next(batches)
+                if kill_at and self.iteration + 1 == kill_at:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                values, stats = self.train_step(batch)
+                self.iteration += 1
+                self.scheduler.step()
+                row: dict[str, Any] = {"iter": self.iteration, "lr": self.optimizer.param_groups[0]["lr"]}
+                if values is None:
+                    self.nonfinite_in_a_row += 1
+                    self.nonfinite_total += 1
+                    log.warning("iteration %d: non-finite loss, step skipped (%d in a row)",
+                                self.iteration, self.nonfinite_in_a_row)
+                    if self.nonfinite_in_a_row >= cfg["max_nonfinite"]:
+                        self.save()
+                        raise TrainingError(f"{self.nonfinite_in_a_row} non-finite losses in a row at iteration "
+                                            f"{self.iteration}; stopping (latest.pth saved; lower --lr or use "
+                                            f"--grad_clip)")
+                else:
+                    self.nonfinite_in_a_row = 0
+                    row.update(values)
+                row["nonfinite"] = self.nonfinite_total
+                row.update(stats)
+                validate_now = cfg["test_every"] > 0 and (self.iteration % cfg["test_every"] == 0
+                                                          or self.iteration == cfg["iters"])
+                save_now = self.iteration % cfg["save_every"] == 0 or validate_now or self.iteration == cfg["iters"]
+                if validate_now and self.is_main:
+                    res = self.validate()
+                    if res:
+                        last_val = res
+                        row["val_psnr"], row["val_ssim"] = res.get("psnr"), res.get("ssim")
+                        improved = res["psnr"] > self.best_psnr
+                        if improved:
+                            self.best_psnr = res["psnr"]
+                        self.save(best=improved)
+                        save_now = False
+                        log.info("iter %d: val PSNR %.4f SSIM %.4f (best %.4f)", self.iteration, res["psnr"],
+                                 res["ssim"], self.best_psnr)
+                if save_now:
+                    self.save()
+                if self.is_main:
+                    dt = time.perf_counter() - t0
+                    row["imgs_per_s"] = cfg["batch_size"] / dt if dt > 0 else float("nan")
+                    row["elapsed"] = time.perf_counter() - t_start
+                    self._write_log(row)
+                    if validate_now:
+                        self.plot_curves()
+                    if tb is not None:
+                        for k, v in row.items():
+                            if isinstance(v, float) and k != "iter":
+                                tb.add_scalar(k, v, self.iteration)
+                    bar.set_postfix({k: f"{row[k]:.4g}" for k in ["total", *self.objective.term_names[:3]]
+                                     if isinstance(row.get(k), float)})
+                    bar.update(1)
+                if self.distributed:
+                    dist.barrier()
+                if self._stop_signal is not None:
+                    self.save()
+                    raise KeyboardInterrupt(f"stopped by signal {self._stop_signal} at iteration {self.iteration}; "
+                                            f"latest.pth saved")
+            if self.is_main:
+                atomic_save(self.export_weights(), self.exp_dir / "weights" / "final.pth")
+                if not (self.exp_dir / "weights" / "best.pth").exists():
+                    atomic_save(self.export_weights(), self.exp_dir / "weights" / "best.pth")
+        finally:
+            bar.close()
+            for s, h in old_handlers.items():
+                signal.signal(s, h)
+            if self.is_main and hasattr(self, "_log_file"):
+                self._log_file.close()
+            if tb is not None:
+                tb.close()
+        return last_val
+
+    def close(self) -> None:
+        if self.distributed and dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,73 @@
+"""Training objectives: what the trainer minimises, as named and weighted loss terms.
+
+An objective is called with the student's SR output and the batch (``lr``, ``hr`` and any extra
+targets, all float in [0, 1] on the device) and returns ``(terms, stats)``: ``terms`` maps a name to
+an already weighted scalar tensor (their sum is the loss; each is logged separately), ``stats`` maps
+a name to a float for the log (e.g. the fraction of samples routed to each teacher).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+log = logging.getLogger(__name__)
+
+
+class Objective(nn.Module):
+    """Base class: ``term_names`` and ``stat_names`` fix the log's columns for the whole run."""
+
+    term_names: tuple[str, ...] = ()
+    stat_names: tuple[str, ...] = ()
+
+    def forward(self, sr: torch.Tensor, batch: dict) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        raise NotImplementedError
+
+
+class GroundTruthObjective(Objective):
+    """Training on ground truth: ``Rate_l1`` * L1(SR, HR), plus for EdgeSRN's second stage
+    ``Rate_lm`` * edge loss(SR, HR) and ``Rate_lpts`` * VGG19 conv5_4 distance(SR, HR); optionally
+    ``Rate_lbp`` * back-projection L1(imresize(SR, 1/scale), LR)."""
+
+    def __init__(self, cfg: dict, device: torch.device):
+        super().__init__()
+        from Utils import losses
+
+        self.losses = losses
+        self.w_l1 = float(cfg.get("Rate_l1", 1.0))
+        self.w_edge = float(cfg.get("Rate_lm", 0.0))
+        self.w_pts = float(cfg.get("Rate_lpts", 0.0))
+        self.w_bp = float(cfg.get("Rate_lbp", 0.0))
+        self.edge_kind = cfg.get("edge_kind", "sobel")
+        self.scale = int(cfg["scale"])
+        names = ["l1"]
+        if self.w_edge > 0:
+            names.append("edge")
+        if self.w_pts > 0:
+            names.append("lpts")
+            self.vgg = losses.PerceptualLoss(weights_path=cfg.get("vgg_weights")).to(device)
+        if self.w_bp > 0:
+            names.append("lbp")
+        self.term_names = tuple(names)
+
+    def forward(self, sr, batch):
+        hr = batch["hr"]
+        terms = {"l1": self.w_l1 * self.losses.l1_loss(sr, hr)}
+        if self.w_edge > 0:
+            terms["edge"] = self.w_edge * self.losses.edge_loss(sr, hr, kind=self.edge_kind)
+        if self.w_pts > 0:
+            terms["lpts"] = self.w_pts * self.vgg(sr, hr)
+        if self.w_bp > 0:
+            terms["lbp"] = self.w_bp * self.losses.backprojection_loss(sr, batch["lr"], self.scale)
+        return terms, {}
+
+
+def build_objective(cfg: dict, device: torch.device) -> Objective:
+    """The objective for ``cfg``: distillation with ``--train_by_TT True``, else ground truth."""
+    if cfg.get("train_by_TT"):
+        from Utils.distill import DTKDObjective
+
+        return DTKDObjective(cfg, device)
+    return GroundTruthObjective(cfg, device)

@@ -1,0 +1,173 @@
+"""Training CLI (the seed's flags, plus iteration-bounded, resumable, multi-GPU training).
+
+    python main.py --model_name RFDN --train_hr ../shared/data/train/T91/HR --valid_dataset Set5 \\
+        --iters 300 --name rfdn_t91
+    torchrun --nproc_per_node 4 main.py --config my_run.yaml       # same flags, several GPUs
+    python main.py --config my_run.yaml --auto_resume              # continue after a crash
+
+``--config FILE``: a YAML file whose keys are the flag names (without ``--``); it sets the defaults
+and the command line overrides it; an unknown key is an error. ``--train_by_TT False`` trains on
+ground truth (baselines, teachers); ``True`` distils with the DTKD objective.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from main_for_infer import str2bool
+
+log = logging.getLogger("main")
+
+
+def _gate(value: str) -> str:
+    from Utils.routing import parse_gate
+
+    parse_gate(value)  # validates; kept as text so the config stays readable
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = p.add_argument
+    a("--config", default=None, help="YAML file of defaults (keys = flag names)")
+    a("--Train", type=str2bool, default=True, help="False: only validate --checkpoint on --valid_dataset")
+    # model and data
+    a("--model_name", default="RFDN", help="preset to train (python -m Model lists them)")
+    a("--checkpoint", default=None, help="initial weights (fine-tuning); bare names resolve to Checkpoints/<Model>/")
+    a("--scale", type=int, default=4)
+    a("--root", default=None, help="DIV2K-style root: DIV2K_train_HR/ and DIV2K_train_LR_bicubic/X<scale>/")
+    a("--train_hr", nargs="+", default=None, help="HR training folder(s)")
+    a("--train_lr", nargs="+", default=None, help="matching LR folder(s); LR made with MATLAB bicubic when absent")
+    a("--cache_dir", default=None, help="decoded-image cache (.npy) folder; default <experiments_root>/cache")
+    a("--patch_size", type=int, default=192, help="HR patch size")
+    a("--batch_size", type=int, default=16, help="total batch size (split across processes)")
+    a("--repeat", type=int, default=1, help="dataset repeat factor")
+    a("--rgb_permute", type=str2bool, default=False, help="random RGB channel permutation")
+    a("--num_workers", type=int, default=2)
+    # validation
+    a("--valid_dataset", default="Set5", help="set name under --datasets_root, or an LR folder ('' for none)")
+    a("--valid_gt", default=None, help="ground truth of the validation folder (default: found beside it)")
+    a("--datasets_root", default="Datasets2023")
+    a("--test_every", type=int, default=1000, help="validate every N iterations (0: never)")
+    # optimisation
+    a("--iters", type=int, default=100_000, help="training length in iterations")
+    a("--lr", type=float, default=5e-4)
+    a("--optimizer", default="adam", choices=["adam", "adamw", "sgd"])
+    a("--weight_decay", type=float, default=0.0)
+    a("--scheduler", default="cosine", choices=["step", "multistep", "cosine", "constant"])
+    a("--lr_step", type=int, default=200_000, help="step scheduler: iterations between decays")
+    a("--milestones", type=int, nargs="+", default=None, help="multistep scheduler milestones")
+    a("--gamma", type=float, default=0.5)
+    a("--eta_min", type=float, default=1e-7, help="cosine scheduler: final learning rate")
+    a("--grad_clip", type=float, default=0.0)
+    a("--ema", type=float, default=0.0, help="EMA decay of the weights (0: off; e.g. 0.999)")
+    a("--seed", type=int, default=0)
+    # speed
+    a("--amp", choices=["none", "bf16", "fp16"], default="none")
+    a("--compile", action="store_true", help="torch.compile the student")
+    a("--channels_last", action="store_true")
+    a("--cpu", action="store_true", help="train on the CPU even when CUDA is available")
+    # run bookkeeping
+    a("--name", default=None, help="run name (default: <model_name>_<mode>)")
+    a("--experiments_root", default="experiments")
+    a("--resume", default=None, help="checkpoints/latest.pth to resume from")
+    a("--auto_resume", action="store_true", help="resume from <experiments_root>/<name>/checkpoints/latest.pth")
+    a("--save_every", type=int, default=500)
+    a("--max_nonfinite", type=int, default=20, help="stop after this many non-finite losses in a row")
+    a("--tensorboard", action="store_true")
+    a("--quiet", action="store_true", help="no progress bar")
+    # losses (names as in the original code)
+    a("--Rate_l1", type=float, default=1.0, help="weight of L1 to the ground truth")
+    a("--Rate_lm", type=float, default=0.0, help="weight of the edge loss (EdgeSRN stage 2, DTKD)")
+    a("--Rate_lpts", type=float, default=0.0, help="weight of the VGG19 conv5_4 perceptual loss")
+    a("--Rate_lbp", type=float, default=0.0, help="weight of the back-projection loss")
+    a("--edge_kind", default="sobel", choices=["sobel", "laplacian"])
+    a("--vgg_weights", default=None, help="local VGG19 weights (default: torchvision's file via torch.hub)")
+    # distillation (DTKD)
+    a("--train_by_TT", type=str2bool, default=False, help="True: dual-teacher distillation")
+    a("--t1_model_name", default="IMDN", help="fidelity teacher preset")
+    a("--t1_checkpoint", default=None, help="fidelity teacher weights")
+    a("--t2_model_name", default="EdgeSRN", help="perceptual teacher preset")
+    a("--t2_checkpoint", default=None, help="perceptual teacher weights ('' for no perceptual teacher)")
+    a("--Rate_kd", type=float, default=1.0, help="weight of the distillation term")
+    a("--entropy_gate", type=_gate, default="auto", help="auto, none, or a value in bits")
+    a("--loss_attn", default="both", choices=["none", "error", "trust", "both"])
+    a("--teacher_cache", default=None, help="folder for cached teacher outputs (computed once)")
+    return p
+
+
+def parse_config(argv: Optional[Sequence[str]] = None) -> dict:
+    """Flags, with ``--config`` YAML keys as defaults; unknown YAML keys are an error."""
+    parser = build_parser()
+    pre, _ = parser.parse_known_args(argv)
+    if pre.config:
+        import yaml
+
+        path = Path(pre.config)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            parser.error(f"{path}: cannot read the config ({exc})")
+        if not isinstance(data, dict):
+            parser.error(f"{path}: the config must be a mapping of flag names to values")
+        known = {a.dest for a in parser._actions}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            parser.error(f"{path}: unknown key(s) {', '.join(unknown)}")
+        parser.set_defaults(**data)
+    cfg = vars(parser.parse_args(argv))
+    if cfg["name"] is None:
+        cfg["name"] = f"{cfg['model_name']}_{'dtkd' if cfg['train_by_TT'] else 'gt'}"
+    if cfg["cache_dir"] is None:
+        cfg["cache_dir"] = str(Path(cfg["experiments_root"]) / "cache")
+    if cfg["train_lr"] is not None and cfg["train_hr"] is not None and len(cfg["train_lr"]) != len(cfg["train_hr"]):
+        parser.error(f"--train_lr: {len(cfg['train_lr'])} folders for {len(cfg['train_hr'])} --train_hr folders")
+    return cfg
+
+
+def _validate_only(cfg: dict) -> int:
+    import main_for_infer
+
+    if not cfg["checkpoint"]:
+        log.error("--Train False needs --checkpoint")
+        return 2
+    v = Path(cfg["valid_dataset"])
+    folder = v if v.is_dir() else Path(cfg["datasets_root"]) / f"GTmod12_LRx{cfg['scale']}" / f"{v}_LRbicx{cfg['scale']}"
+    return main_for_infer.main(["--model_name", cfg["model_name"], "--checkpoint", cfg["checkpoint"],
+                                "--test_folder", str(folder), "--scale", str(cfg["scale"])])
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    cfg = parse_config(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    if not cfg["Train"]:
+        return _validate_only(cfg)
+    from Trainer import Trainer, TrainingError
+    from Utils.checkpoint import CheckpointError
+    from Utils.image_io import ImageError
+
+    trainer = None
+    try:
+        trainer = Trainer(cfg)
+        result = trainer.fit()
+        if trainer.is_main:
+            log.info("done: %s (final weights: %s)%s", trainer.exp_dir, trainer.exp_dir / "weights" / "final.pth",
+                     f"; last validation PSNR {result['psnr']:.4f}" if result else "")
+        return 0
+    except (TrainingError, CheckpointError, ImageError, ValueError, KeyError) as exc:
+        log.error("%s", exc.args[0] if isinstance(exc, KeyError) else exc)
+        return 1
+    except KeyboardInterrupt as exc:
+        log.warning("%s", exc or "interrupted")
+        return 130
+    finally:
+        if trainer is not None:
+            trainer.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
