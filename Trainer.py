@@ -204,13 +204,18 @@ class Trainer:
             lr_dirs = [lr] if lr.is_dir() else None
         else:
             raise TrainingError("no training data: give --root DIR (DIV2K layout) or --train_hr DIR [DIR ...]")
-        extra = self.objective.extra_targets_factory() if hasattr(self.objective, "extra_targets_factory") else None
         ds = build_train_dataset(hr_dirs, lr_dirs, scale=cfg["scale"], patch_size=cfg["patch_size"],
                                  rgb_permute=cfg.get("rgb_permute", False), repeat=cfg.get("repeat", 1),
                                  cache_dir=cfg.get("cache_dir"), seed=cfg["seed"], uint8=True,
                                  progress=self.is_main)
-        if extra is not None:
-            extra(ds)
+        attach = getattr(self.objective, "attach_dataset", None)
+        if attach is not None:  # e.g. DTKD: the auto entropy gate and the teacher-output cache
+            if self.is_main:
+                attach(ds)
+            if self.distributed:
+                dist.barrier()  # rank 0 built the teacher cache; the others now reuse it
+                if not self.is_main:
+                    attach(ds)
         self.dataset = ds
         return make_train_loader(ds, cfg["batch_size"] // self.world, num_workers=cfg["num_workers"],
                                  seed=cfg["seed"], start_iter=self.iteration, rank=self.rank,
@@ -377,9 +382,16 @@ class Trainer:
         total = torch.stack(list(terms.values())).sum()
         packed = torch.stack([total.detach(), *[t.detach() for t in terms.values()]]).float()
         finite = torch.isfinite(packed).all().to(torch.int32)
+        stat_names = list(stats)
+        if stat_names:  # fetched with the losses: still one host sync per step
+            packed = torch.cat([packed, torch.stack([torch.as_tensor(stats[k], device=packed.device).float()
+                                                     for k in stat_names])])
         if self.distributed:  # every rank must skip together, or DDP's all-reduce would hang
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
         values = packed.cpu().tolist()  # the one host sync of a step (the log needs the values)
+        n_terms = len(terms) + 1
+        stats = dict(zip(stat_names, values[n_terms:]))
+        values = values[:n_terms]
         if not bool(finite.item()):
             self.optimizer.zero_grad(set_to_none=True)
             return None, stats

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import Optional, Sequence, Union
+from typing import NamedTuple, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -59,13 +59,6 @@ def _partition(x: torch.Tensor, window: int) -> torch.Tensor:
     return x.reshape(-1, window * window, c)
 
 
-def _merge(windows: torch.Tensor, window: int, h: int, w: int) -> torch.Tensor:
-    """Inverse of :func:`_partition`: (B * nW, window * window, C) -> (B, H, W, C)."""
-    c = windows.shape[-1]
-    x = windows.view(-1, h // window, w // window, window, window, c).transpose(2, 3)
-    return x.reshape(-1, h, w, c)
-
-
 def shift_window_mask(height: int, width: int, window: int, shift: int) -> torch.Tensor:
     """(nW, N, N) float mask of a cyclically shifted layout: 0 within a region, -100 across.
 
@@ -83,25 +76,60 @@ def shift_window_mask(height: int, width: int, window: int, shift: int) -> torch
     return torch.zeros(differ.shape).masked_fill_(differ, _MASK_VALUE)
 
 
-class _MaskCache:
-    """Small per-model LRU of shift masks keyed by (H, W, window, shift, device, dtype)."""
+class _WindowPlan(NamedTuple):
+    """How a batch of H x W token maps is cut into (shifted) windows.
 
-    def __init__(self, capacity: int = 4) -> None:
+    ``order`` lists flat token indices (over B * H * W) window by window: first every window
+    whose shift mask is all zero (``n_plain`` windows, all images), then the windows that
+    straddle the wrap-around (image-major), whose per-image masks are ``mask`` (nM, N, N).
+    ``inverse`` undoes ``order``; together they replace roll + partition + merge + roll.
+    """
+
+    order: torch.Tensor
+    inverse: torch.Tensor
+    n_plain: int
+    mask: Optional[torch.Tensor]
+
+
+def _build_plan(batch: int, height: int, width: int, window: int, shift: int,
+                device: torch.device, dtype: torch.dtype) -> _WindowPlan:
+    length, n = height * width, window * window
+    grid = torch.arange(length).view(1, height, width, 1)
+    if shift:
+        grid = torch.roll(grid, shifts=(-shift, -shift), dims=(1, 2))
+    windows = _partition(grid, window).view(-1, n)  # nW, N: source token of each window slot
+    if shift:
+        full_mask = shift_window_mask(height, width, window, shift)
+        masked = full_mask.ne(0).flatten(1).any(1)
+    else:
+        full_mask, masked = None, torch.zeros(windows.shape[0], dtype=torch.bool)
+    offsets = (torch.arange(batch) * length).view(batch, 1, 1)
+    plain_ids, masked_ids = (~masked).nonzero().squeeze(1), masked.nonzero().squeeze(1)
+    order = torch.cat(((offsets + windows[plain_ids]).reshape(-1), (offsets + windows[masked_ids]).reshape(-1)))
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(order.numel())
+    mask = full_mask[masked_ids].to(device=device, dtype=dtype) if full_mask is not None and len(masked_ids) else None
+    return _WindowPlan(order.to(device), inverse.to(device), batch * len(plain_ids), mask)
+
+
+class _PlanCache:
+    """Small LRU of window plans, shared by the blocks of one model (keyed by size, shift, device, dtype)."""
+
+    def __init__(self, capacity: int = 16) -> None:
         self.capacity = capacity
-        self._store: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._store: OrderedDict[tuple, _WindowPlan] = OrderedDict()
 
-    def get(self, height: int, width: int, window: int, shift: int,
-            device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        key = (height, width, window, shift, device, dtype)
-        mask = self._store.get(key)
-        if mask is None:
-            mask = shift_window_mask(height, width, window, shift).to(device=device, dtype=dtype)
-            self._store[key] = mask
+    def get(self, batch: int, height: int, width: int, window: int, shift: int,
+            device: torch.device, dtype: torch.dtype) -> _WindowPlan:
+        key = (batch, height, width, window, shift, device, dtype)
+        plan = self._store.get(key)
+        if plan is None:
+            plan = self._store[key] = _build_plan(batch, height, width, window, shift, device, dtype)
             while len(self._store) > self.capacity:
                 self._store.popitem(last=False)
         else:
             self._store.move_to_end(key)
-        return mask
+        return plan
 
     def clear(self) -> None:
         self._store.clear()
@@ -176,8 +204,8 @@ class WindowAttention(nn.Module):
             additive = bias.unsqueeze(0)
         else:
             nw = mask.shape[0]
-            additive = (mask.unsqueeze(1).to(q.dtype) + bias.unsqueeze(0))  # nW, heads, N, N
-            if bw != nw:
+            additive = mask.unsqueeze(1).to(q.dtype) + bias.unsqueeze(0)  # nW, heads, N, N
+            if bw != nw:  # the same per-image mask for every image of the batch
                 additive = additive.repeat(bw // nw, 1, 1, 1)
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=additive, dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale)
@@ -195,7 +223,7 @@ class SwinTransformerBlock(nn.Module):
                  shift_size: int = 0, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  qk_scale: Optional[float] = None, drop: float = 0.0, attn_drop: float = 0.0,
                  drop_path: float = 0.0, act_layer: type[nn.Module] = nn.GELU,
-                 norm_layer: type[nn.Module] = nn.LayerNorm, mask_cache: Optional[_MaskCache] = None) -> None:
+                 norm_layer: type[nn.Module] = nn.LayerNorm, plan_cache: Optional[_PlanCache] = None) -> None:
         super().__init__()
         self.dim = dim
         self.input_resolution = _pair(input_resolution)
@@ -215,31 +243,28 @@ class SwinTransformerBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = norm_layer(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=drop)
-        self._masks = mask_cache if mask_cache is not None else _MaskCache()
+        self._plans = plan_cache if plan_cache is not None else _PlanCache()
+        # kept for the official state-dict layout; forward derives the same mask for any size
         mask = (shift_window_mask(*self.input_resolution, self.window_size, self.shift_size)
                 if self.shift_size > 0 else None)
         self.register_buffer("attn_mask", mask)
-
-    def _mask_for(self, size: tuple[int, int], like: torch.Tensor) -> Optional[torch.Tensor]:
-        if self.shift_size == 0:
-            return None
-        if size == self.input_resolution and self.attn_mask is not None:
-            return self.attn_mask
-        return self._masks.get(size[0], size[1], self.window_size, self.shift_size, like.device, like.dtype)
 
     def forward(self, x: torch.Tensor, x_size: tuple[int, int]) -> torch.Tensor:
         """x: (B, H * W, C) tokens of an H x W map (H, W multiples of the window)."""
         h, w = x_size
         b, length, c = x.shape
-        ws, shift = self.window_size, self.shift_size
-        y = self.norm1(x).view(b, h, w, c)
-        if shift:
-            y = torch.roll(y, shifts=(-shift, -shift), dims=(1, 2))
-        y = self.attn(_partition(y, ws), mask=self._mask_for((h, w), x))
-        y = _merge(y, ws, h, w)
-        if shift:
-            y = torch.roll(y, shifts=(shift, shift), dims=(1, 2))
-        x = x + self.drop_path(y.reshape(b, length, c))
+        plan = self._plans.get(b, h, w, self.window_size, self.shift_size, x.device, x.dtype)
+        # one gather does the cyclic shift and the window partition (plain windows first)
+        y = self.norm1(x).reshape(b * length, c).index_select(0, plan.order)
+        y = y.view(-1, self.window_size * self.window_size, c)
+        if plan.mask is None:
+            y = self.attn(y)
+        elif plan.n_plain == 0:
+            y = self.attn(y, plan.mask)
+        else:
+            y = torch.cat((self.attn(y[:plan.n_plain]), self.attn(y[plan.n_plain:], plan.mask)))
+        y = y.view(b * length, c).index_select(0, plan.inverse).view(b, length, c)
+        x = x + self.drop_path(y)
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
     def extra_repr(self) -> str:
@@ -254,7 +279,7 @@ class BasicLayer(nn.Module):
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, qk_scale: Optional[float] = None,
                  drop: float = 0.0, attn_drop: float = 0.0, drop_path: Union[float, Sequence[float]] = 0.0,
                  norm_layer: type[nn.Module] = nn.LayerNorm, use_checkpoint: bool = False,
-                 mask_cache: Optional[_MaskCache] = None) -> None:
+                 plan_cache: Optional[_PlanCache] = None) -> None:
         super().__init__()
         self.use_checkpoint = use_checkpoint
         rates = list(drop_path) if isinstance(drop_path, (list, tuple)) else [drop_path] * depth
@@ -262,7 +287,7 @@ class BasicLayer(nn.Module):
             SwinTransformerBlock(dim, input_resolution, num_heads, window_size=window_size,
                                  shift_size=0 if i % 2 == 0 else window_size // 2, mlp_ratio=mlp_ratio,
                                  qkv_bias=qkv_bias, qk_scale=qk_scale, drop=drop, attn_drop=attn_drop,
-                                 drop_path=rates[i], norm_layer=norm_layer, mask_cache=mask_cache)
+                                 drop_path=rates[i], norm_layer=norm_layer, plan_cache=plan_cache)
             for i in range(depth))
 
     def forward(self, x: torch.Tensor, x_size: tuple[int, int]) -> torch.Tensor:
@@ -298,14 +323,14 @@ class RSTB(nn.Module):
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, qk_scale: Optional[float] = None,
                  drop: float = 0.0, attn_drop: float = 0.0, drop_path: Union[float, Sequence[float]] = 0.0,
                  norm_layer: type[nn.Module] = nn.LayerNorm, use_checkpoint: bool = False,
-                 resi_connection: str = "1conv", mask_cache: Optional[_MaskCache] = None) -> None:
+                 resi_connection: str = "1conv", plan_cache: Optional[_PlanCache] = None) -> None:
         super().__init__()
         self.dim = dim
         self.input_resolution = _pair(input_resolution)
         self.residual_group = BasicLayer(dim, input_resolution, depth, num_heads, window_size, mlp_ratio=mlp_ratio,
                                          qkv_bias=qkv_bias, qk_scale=qk_scale, drop=drop, attn_drop=attn_drop,
                                          drop_path=drop_path, norm_layer=norm_layer,
-                                         use_checkpoint=use_checkpoint, mask_cache=mask_cache)
+                                         use_checkpoint=use_checkpoint, plan_cache=plan_cache)
         self.conv = _residual_conv(dim, resi_connection)
 
     def forward(self, x: torch.Tensor, x_size: tuple[int, int]) -> torch.Tensor:
@@ -362,7 +387,7 @@ class SwinIR(nn.Module):
         num_feat = 64
         mean = torch.tensor((0.4488, 0.4371, 0.4040)).view(1, 3, 1, 1) if in_chans == 3 else torch.zeros(1, 1, 1, 1)
         self.register_buffer("mean", mean, persistent=False)
-        self._masks = _MaskCache()
+        self._plans = _PlanCache()
 
         # shallow features
         self.conv_first = nn.Conv2d(in_chans, embed_dim, 3, 1, 1)
@@ -381,7 +406,7 @@ class SwinIR(nn.Module):
                                     qkv_bias=qkv_bias, qk_scale=qk_scale, drop=drop_rate,
                                     attn_drop=attn_drop_rate, drop_path=rates[start:start + depth],
                                     norm_layer=norm_layer, use_checkpoint=use_checkpoint,
-                                    resi_connection=resi_connection, mask_cache=self._masks))
+                                    resi_connection=resi_connection, plan_cache=self._plans))
         self.norm = norm_layer(embed_dim)
         self.conv_after_body = _residual_conv(embed_dim, resi_connection)
 

@@ -126,7 +126,8 @@ def _to_tensor(img: np.ndarray, keep_uint8: bool = False) -> torch.Tensor:
     if keep_uint8 and chw.dtype == np.uint8:
         return torch.from_numpy(np.ascontiguousarray(chw))
     if chw.dtype == np.uint8:  # NumPy, not torch: no intra-op thread start-up on small patches
-        return torch.from_numpy(np.divide(chw, np.float32(255.0), dtype=np.float32, order="C"))  # same bits as img2tensor
+        # x / 255 in float32: the same bits as Utils.image_io.img2tensor
+        return torch.from_numpy(np.divide(chw, np.float32(255.0), dtype=np.float32, order="C"))
     return torch.from_numpy(np.ascontiguousarray(chw, dtype=np.float32))
 
 
@@ -207,8 +208,10 @@ class SRTrainDataset(Dataset):
                         raise ImageError(hp, f"ambiguous LR partners: {', '.join(c.name for c in cands)}")
                     lr_of[hp] = cands[0]
                     used.add(cands[0])
-                for lp in sorted(set(p for v in index.values() for p in v) - used):
-                    raise ImageError(lp, f"LR file has no HR partner in {hr_dir}")
+                orphans = sorted({p for v in index.values() for p in v} - used)
+                if orphans:
+                    more = f" ({len(orphans) - 1} more LR files without partner)" if len(orphans) > 1 else ""
+                    raise ImageError(orphans[0], f"LR file has no HR partner in {hr_dir}{more}")
             for hp, lp in lr_of.items():
                 h, w = _header_size(hp)
                 hm, wm = h - h % s, w - w % s
@@ -238,7 +241,7 @@ class SRTrainDataset(Dataset):
         assert self.cache_dir is not None
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         todo: list[Callable[[], None]] = []
-        for i, r in enumerate(self.records):
+        for r in self.records:
             r.hr_cache = self.cache_dir / f"{r.hr_path.stem}_{_cache_key(r.hr_path, 'decoded')}.npy"
             if r.lr_path is not None:
                 r.lr_cache = self.cache_dir / f"{r.lr_path.stem}_{_cache_key(r.lr_path, 'decoded')}.npy"
@@ -342,7 +345,10 @@ class SRTrainDataset(Dataset):
         return len(self.records) * self.repeat
 
     def set_epoch(self, epoch: int) -> None:
-        """Epoch counter for plain integer indices (with :class:`InfiniteSampler` it is not used)."""
+        """Epoch counter for plain integer indices (unused with :class:`InfiniteSampler`).
+
+        Persistent workers hold their own copy of the dataset: set it before they start.
+        """
         self.epoch = int(epoch)
 
     def load_pair(self, i: int) -> tuple[np.ndarray, np.ndarray]:
@@ -375,7 +381,9 @@ class SRTrainDataset(Dataset):
         x = int(rng.integers(0, lr.shape[1] - lp + 1))
         flips = rng.random(3) < 0.5
         perm = rng.permutation(3) if self.rgb_permute else None
-        do_h, do_v, do_t = bool(flips[0] and self.hflip), bool(flips[1] and self.vflip), bool(flips[2] and self.transpose)
+        do_h = bool(flips[0] and self.hflip)
+        do_v = bool(flips[1] and self.vflip)
+        do_t = bool(flips[2] and self.transpose)
 
         def aug(img: np.ndarray, f: int) -> torch.Tensor:
             """Crop the box (scaled by f), apply the drawn flips/transpose/permutation, to tensor."""

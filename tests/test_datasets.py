@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from Utils.datasets import InfiniteSampler, SRTrainDataset, build_train_dataset, make_train_loader
+from Utils.datasets import InfiniteSampler, build_train_dataset, make_train_loader
 from Utils.image_io import ImageError, read_image, write_image
 
 S = 4
@@ -185,7 +185,7 @@ def test_size_mismatch_names_the_file(tmp_path):
 
 def test_empty_folder_and_corrupt_files(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ImageError, match="empty"):
+    with pytest.raises(ImageError, match=r"empty: no image files"):
         build_train_dataset(tmp_path / "empty", patch_size=16, progress=False)
     hr_dir, lr_dir = _paired_blocks(tmp_path, [(8, 8), (8, 8)])
     (hr_dir / "0001.png").write_bytes(b"not an image at all")
@@ -209,7 +209,8 @@ def test_cache_is_rebuilt_when_a_file_changes(tmp_path):
     assert set(cache.glob("*.npy")) == files and torch.equal(ds2[(1, 0)]["hr"], first["hr"])
     # replace image 1 by new content; bump the mtime so the change is seen even on coarse clocks
     new_lr = _noise(8, 8, 99)
-    for path, img in ((lr_dir / "0001x4.png", new_lr), (hr_dir / "0001.png", np.kron(new_lr, np.ones((S, S, 1), np.uint8)))):
+    new_hr = np.kron(new_lr, np.ones((S, S, 1), np.uint8))
+    for path, img in ((lr_dir / "0001x4.png", new_lr), (hr_dir / "0001.png", new_hr)):
         write_image(path, img)
         st = path.stat()
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))

@@ -1,0 +1,172 @@
+"""DTKD: dual-teacher distillation objective, frozen teachers and the teacher-output cache.
+
+Our definition of the method (DESIGN.md section 6), each part switchable for ablations:
+
+* fidelity teacher F (``--t1_model_name``, IMDN by default) and perceptual teacher P
+  (``--t2_model_name``, EdgeSRN; ``--t2_checkpoint ''`` for F alone), frozen, in eval mode, run
+  without gradients on the student's input (same [0, 1] range), never wrapped in DDP;
+* entropy routing (``--entropy_gate auto|none|<bits>``): a sample whose HR patch has a gray-level
+  entropy above the gate is texture-rich and learns from P, the others from F; ``none`` lets both
+  teachers supervise every sample (their KD terms averaged);
+* the KD term (``--Rate_kd``) is plain L1 to the routed teacher, or error attention, trust
+  attention or both (``--loss_attn``);
+* on texture-rich samples only: ``--Rate_lm`` edge loss and ``--Rate_lpts`` VGG loss to P;
+* ``--Rate_l1`` L1 to the ground truth and ``--Rate_lbp`` back-projection to the LR input.
+
+With ``--teacher_cache DIR`` each teacher's SR of every training image is computed once (tiled
+when large) and stored as 8-bit ``.npy`` keyed by teacher name and checkpoint hash; the dataset
+crops and augments it with the LR/HR box and transform, so a step costs about a plain step.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from Model import get_model, get_preset
+from Utils import losses
+from Utils.checkpoint import resolve_checkpoint, sha256_file
+from Utils.inference import pad_to_multiple, super_resolve
+from Utils.objectives import Objective
+from Utils.routing import EntropyRouter, auto_gate, parse_gate
+
+log = logging.getLogger(__name__)
+
+TEACHER_KEYS = ("t1", "t2")  # batch keys of cached fidelity / perceptual teacher outputs
+
+
+class FrozenTeacher(nn.Module):
+    """A preset with loaded weights, frozen and in eval mode; forward runs without gradients."""
+
+    def __init__(self, name: str, checkpoint: str, device: torch.device):
+        super().__init__()
+        self.preset = get_preset(name)
+        self.path = resolve_checkpoint(checkpoint, self.preset.name)
+        self.net = get_model(self.preset.name, checkpoint=self.path).to(device).eval()
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+        self._sha: Optional[str] = None
+
+    @property
+    def sha256(self) -> str:
+        if self._sha is None:
+            self._sha = sha256_file(self.path)
+        return self._sha
+
+    def train(self, mode: bool = True) -> "FrozenTeacher":  # a teacher never leaves eval mode
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        scale = 4
+        out = self.net(pad_to_multiple(x, self.preset.pad_multiple))
+        return out[..., : h * scale, : w * scale].float()
+
+
+def build_teacher_cache(teacher: FrozenTeacher, dataset, root: Path, key: str, tile: int = 256,
+                        progress: bool = True) -> list[Path]:
+    """SR of every training image by ``teacher``, stored once as uint8 ``.npy``; returns paths in record order."""
+    from tqdm import tqdm
+
+    from Utils.datasets import _cache_key, _save_npy_atomic
+    from Utils.image_io import img2tensor, tensor2img
+
+    folder = Path(root) / f"{key}-{teacher.preset.name}-{teacher.sha256[:12]}"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{_cache_key(r.hr_path, 'teacher')}.npy" for r in dataset.records]
+    todo = [i for i, p in enumerate(paths) if not p.is_file()]
+    if todo:
+        log.info("teacher cache %s: computing %d of %d images", folder, len(todo), len(paths))
+    device = next(teacher.net.parameters()).device
+    for i in tqdm(todo, desc=f"cache {teacher.preset.name}", disable=not progress, leave=False):
+        lr, hr = dataset.load_pair(i)
+        sr = super_resolve(teacher.net, img2tensor(lr).to(device), 4, teacher.preset.pad_multiple, tile=tile,
+                           tile_overlap=32, half_ok=teacher.preset.half_ok)
+        img = tensor2img(sr)
+        if img.shape[:2] != hr.shape[:2]:
+            raise RuntimeError(f"teacher output {img.shape} does not match HR {hr.shape} for {dataset.records[i].hr_path}")
+        _save_npy_atomic(paths[i], img)
+    return paths
+
+
+class DTKDObjective(Objective):
+    """The DTKD loss (see the module docstring); logs every term and the routed fraction."""
+
+    stat_names = ("frac_perceptual",)
+
+    def __init__(self, cfg: dict, device: torch.device):
+        super().__init__()
+        if not cfg.get("t1_checkpoint"):
+            raise ValueError("--train_by_TT True needs --t1_checkpoint (the fidelity teacher's weights)")
+        self.cfg = cfg
+        self.t1 = FrozenTeacher(cfg["t1_model_name"], cfg["t1_checkpoint"], device)
+        self.t2 = FrozenTeacher(cfg["t2_model_name"], cfg["t2_checkpoint"], device) if cfg.get("t2_checkpoint") else None
+        gate = parse_gate(str(cfg.get("entropy_gate", "auto")))
+        self._gate_auto = gate == "auto"
+        self.router = EntropyRouter(None if (gate == "auto" or self.t2 is None) else gate)
+        self.attn = cfg.get("loss_attn", "none")
+        self.w_l1, self.w_kd = float(cfg.get("Rate_l1", 1.0)), float(cfg.get("Rate_kd", 1.0))
+        self.w_edge, self.w_pts = float(cfg.get("Rate_lm", 0.0)), float(cfg.get("Rate_lpts", 0.0))
+        self.w_bp = float(cfg.get("Rate_lbp", 0.0))
+        self.edge_kind = cfg.get("edge_kind", "sobel")
+        self.scale = int(cfg["scale"])
+        if self.t2 is None and (self.w_edge > 0 or self.w_pts > 0):
+            log.warning("no perceptual teacher: --Rate_lm and --Rate_lpts are ignored")
+            self.w_edge = self.w_pts = 0.0
+        if self.w_pts > 0:
+            self.vgg = losses.PerceptualLoss(weights_path=cfg.get("vgg_weights")).to(device)
+        names = ["l1", "kd"] + (["edge"] if self.w_edge > 0 else []) + (["lpts"] if self.w_pts > 0 else [])
+        self.term_names = tuple(names + (["lbp"] if self.w_bp > 0 else []))
+        self.use_cache = bool(cfg.get("teacher_cache"))
+
+    def teachers(self) -> list[FrozenTeacher]:
+        return [t for t in (self.t1, self.t2) if t is not None]
+
+    def attach_dataset(self, dataset) -> None:
+        """Called by the trainer with the training set: the auto gate and the teacher cache."""
+        if self._gate_auto and self.t2 is not None:
+            n = min(512, len(dataset))
+            rng = np.random.default_rng(int(self.cfg.get("seed", 0)) + 12345)
+            idx = rng.choice(len(dataset), size=n, replace=n > len(dataset))
+            gate = auto_gate((dataset[(int(i), int(rng.integers(1 << 62)))] for i in idx), n=n)
+            self.router = EntropyRouter(gate)
+            log.info("entropy gate (auto: median over %d training patches): %.4f bits", n, gate)
+        if self.use_cache:
+            for key, t in zip(TEACHER_KEYS, (self.t1, self.t2)):
+                if t is not None:
+                    dataset.add_extra_target(key, build_teacher_cache(t, dataset, Path(self.cfg["teacher_cache"]), key))
+
+    def forward(self, sr: torch.Tensor, batch: dict):
+        x, y = batch["lr"], batch["hr"]
+        f = batch["t1"] if "t1" in batch else self.t1(x)
+        p = None
+        if self.t2 is not None:
+            p = batch["t2"] if "t2" in batch else self.t2(x)
+        terms = {"l1": self.w_l1 * losses.l1_loss(sr, y)}
+        stats: dict[str, torch.Tensor] = {}
+        if p is None:
+            terms["kd"] = self.w_kd * losses.kd_loss(sr, f, y, attn=self.attn)
+            texture = None
+            stats["frac_perceptual"] = torch.zeros((), device=sr.device)
+        elif self.router.enabled:
+            texture = self.router.route(y)
+            target = torch.where(texture[:, None, None, None], p, f)
+            terms["kd"] = self.w_kd * losses.kd_loss(sr, target, y, attn=self.attn)
+            stats["frac_perceptual"] = texture.float().mean()
+        else:  # no routing: both teachers supervise every sample
+            texture = None
+            terms["kd"] = self.w_kd * 0.5 * (losses.kd_loss(sr, f, y, attn=self.attn)
+                                              + losses.kd_loss(sr, p, y, attn=self.attn))
+            stats["frac_perceptual"] = torch.ones((), device=sr.device)
+        if self.w_edge > 0:
+            terms["edge"] = self.w_edge * losses.edge_loss(sr, p, kind=self.edge_kind, sample_mask=texture)
+        if self.w_pts > 0:
+            terms["lpts"] = self.w_pts * self.vgg(sr, p, sample_mask=texture)
+        if self.w_bp > 0:
+            terms["lbp"] = self.w_bp * losses.backprojection_loss(sr, x, self.scale)
+        return terms, stats
