@@ -12,6 +12,7 @@ state dicts that ``get_model(..., checkpoint=...)`` loads).
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 import math
 import os
@@ -365,6 +366,39 @@ class Trainer:
         self._stop_signal = signum
         log.warning("signal %d received: saving latest.pth after this iteration", signum)
 
+    def _should_stop(self) -> bool:
+        """Whether a stop signal arrived; in DDP on any rank, so that all ranks stop together."""
+        if not self.distributed:
+            return self._stop_signal is not None
+        flag = torch.tensor([self._stop_signal or 0], dtype=torch.int32, device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # also keeps the ranks in step, as a barrier would
+        if flag.item() and self._stop_signal is None:
+            self._stop_signal = int(flag.item())
+        return bool(flag.item())
+
+    def weights_checksum(self) -> str:
+        """SHA-256 of the model's (and the EMA's) tensors, bit for bit."""
+        h = hashlib.sha256()
+        mods = [unwrap_model(self.model)] + ([self.ema.module] if self.ema else [])
+        for mod in mods:
+            for k, t in mod.state_dict().items():
+                h.update(k.encode())
+                h.update(t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+
+    def check_ranks_in_sync(self) -> None:
+        """In DDP, make sure every rank ends with bitwise the same weights (TrainingError if not)."""
+        if not self.distributed:
+            return
+        mine = self.weights_checksum()
+        sums: list[Optional[str]] = [None] * self.world
+        dist.all_gather_object(sums, mine)
+        if len(set(sums)) != 1:
+            raise TrainingError("ranks out of sync after training: weight checksums "
+                                + ", ".join(f"rank {r} {c[:16]}" for r, c in enumerate(sums)))
+        if self.is_main:
+            log.info("ranks in sync: %s (%d processes)", mine[:16], self.world)
+
     def train_step(self, batch: dict) -> tuple[Optional[dict[str, float]], dict[str, float]]:
         """One optimisation step; returns (term values or None when skipped as non-finite, stats)."""
         lr_img = batch["lr"].to(self.device, non_blocking=True).float().div_(255.0)
@@ -412,12 +446,20 @@ class Trainer:
         from tqdm import tqdm
 
         cfg = self.cfg
-        resume_path = self._find_resume() if self.is_main else None
-        if self.distributed:
-            holder = [str(resume_path) if resume_path else None]
+        resume_path, error = None, None
+        if self.is_main:
+            try:
+                resume_path = self._find_resume()
+                self.preflight()
+            except TrainingError as exc:
+                error = str(exc)
+        if self.distributed:  # every rank learns rank 0's decision, or the others would wait forever
+            holder = [str(resume_path) if resume_path else None, error]
             dist.broadcast_object_list(holder, src=0)
             resume_path = Path(holder[0]) if holder[0] else None
-        self.preflight()
+            error = holder[1]
+        if error:
+            raise TrainingError(error)
         if resume_path is not None:
             self.resume(resume_path)
         if self.is_main:
@@ -451,19 +493,17 @@ class Trainer:
                     self.nonfinite_total += 1
                     log.warning("iteration %d: non-finite loss, step skipped (%d in a row)",
                                 self.iteration, self.nonfinite_in_a_row)
-                    if self.nonfinite_in_a_row >= cfg["max_nonfinite"]:
-                        self.save()
-                        raise TrainingError(f"{self.nonfinite_in_a_row} non-finite losses in a row at iteration "
-                                            f"{self.iteration}; stopping (latest.pth saved; lower --lr or use "
-                                            f"--grad_clip)")
                 else:
                     self.nonfinite_in_a_row = 0
                     row.update(values)
                 row["nonfinite"] = self.nonfinite_total
                 row.update(stats)
+                stop_nonfinite = values is None and self.nonfinite_in_a_row >= cfg["max_nonfinite"]
                 validate_now = cfg["test_every"] > 0 and (self.iteration % cfg["test_every"] == 0
                                                           or self.iteration == cfg["iters"])
-                save_now = self.iteration % cfg["save_every"] == 0 or validate_now or self.iteration == cfg["iters"]
+                save_now = (self.iteration % cfg["save_every"] == 0 or validate_now
+                            or self.iteration == cfg["iters"] or stop_nonfinite)
+                improved = False
                 if validate_now and self.is_main:
                     res = self.validate()
                     if res:
@@ -472,12 +512,10 @@ class Trainer:
                         improved = res["psnr"] > self.best_psnr
                         if improved:
                             self.best_psnr = res["psnr"]
-                        self.save(best=improved)
-                        save_now = False
                         log.info("iter %d: val PSNR %.4f SSIM %.4f (best %.4f)", self.iteration, res["psnr"],
                                  res["ssim"], self.best_psnr)
-                if save_now:
-                    self.save()
+                # The row is written before the checkpoint: a crash between the two leaves a row past
+                # latest.pth, which the resume drops and redoes (the other order would lose the row).
                 if self.is_main:
                     dt = time.perf_counter() - t0
                     row["imgs_per_s"] = cfg["batch_size"] / dt if dt > 0 else float("nan")
@@ -492,12 +530,18 @@ class Trainer:
                     bar.set_postfix({k: f"{row[k]:.4g}" for k in ["total", *self.objective.term_names[:3]]
                                      if isinstance(row.get(k), float)})
                     bar.update(1)
-                if self.distributed:
-                    dist.barrier()
-                if self._stop_signal is not None:
-                    self.save()
+                if save_now:
+                    self.save(best=improved)
+                if stop_nonfinite:
+                    raise TrainingError(f"{self.nonfinite_in_a_row} non-finite losses in a row at iteration "
+                                        f"{self.iteration}; stopping (latest.pth saved; lower --lr or use "
+                                        f"--grad_clip)")
+                if self._should_stop():
+                    if not save_now:
+                        self.save()
                     raise KeyboardInterrupt(f"stopped by signal {self._stop_signal} at iteration {self.iteration}; "
                                             f"latest.pth saved")
+            self.check_ranks_in_sync()
             if self.is_main:
                 atomic_save(self.export_weights(), self.exp_dir / "weights" / "final.pth")
                 if not (self.exp_dir / "weights" / "best.pth").exists():

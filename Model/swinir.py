@@ -200,15 +200,24 @@ class WindowAttention(nn.Module):
         qkv = self.qkv(x).view(bw, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B * nW, heads, N, hd)
         bias = self.position_bias().to(q.dtype)
-        if mask is None:
-            additive = bias.unsqueeze(0)
+        drop = self.attn_drop if self.training else 0.0
+        if q.device.type == "cpu" and torch.is_grad_enabled() and (q.requires_grad or bias.requires_grad):
+            # CPU autograd: SDPA falls back to a slower math path with a learnable mask; do it explicitly
+            attn = torch.matmul(q * self.scale, k.transpose(-2, -1)) + bias
+            if mask is not None:
+                nw = mask.shape[0]
+                attn = attn.view(bw // nw, nw, self.num_heads, n, n) + mask.unsqueeze(1).to(attn.dtype)
+                attn = attn.view(bw, self.num_heads, n, n)
+            out = torch.matmul(F.dropout(attn.softmax(-1), drop, self.training), v)
         else:
-            nw = mask.shape[0]
-            additive = mask.unsqueeze(1).to(q.dtype) + bias.unsqueeze(0)  # nW, heads, N, N
-            if bw != nw:  # the same per-image mask for every image of the batch
-                additive = additive.repeat(bw // nw, 1, 1, 1)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=additive, dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale)
+            if mask is None:
+                additive = bias.unsqueeze(0)
+            else:
+                nw = mask.shape[0]
+                additive = mask.unsqueeze(1).to(q.dtype) + bias.unsqueeze(0)  # nW, heads, N, N
+                if bw != nw:  # the same per-image mask for every image of the batch
+                    additive = additive.repeat(bw // nw, 1, 1, 1)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=additive, dropout_p=drop, scale=self.scale)
         out = out.transpose(1, 2).reshape(bw, n, c)
         return self.proj_drop(self.proj(out))
 

@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# DTKD demo.
+#
+#   bash demo.sh          quick demo on embedded data (scikit-image photos), CPU, no download, minutes:
+#                         trains a small fidelity teacher (IMDN) and a small EdgeSRN (two stages), an RFDN
+#                         baseline on ground truth and an RFDN student with DTKD, evaluates all of them
+#                         and prints the comparison table and the perception-distortion plot.
+#                         Published teachers in Checkpoints/IMDN/IMDN_x4.pth or Checkpoints/EdgeSRN/EdgeSRN_x4.pth
+#                         are used instead of training small ones when present.
+#   bash demo.sh paper    the paper-scale recipe on DIV2K (GPU; downloads DIV2K and the IMDN teacher).
+#
+# Environment: DTKD_DEMO_OUT (default demo_output), PYTHON (default python), DTKD_NIQE_PARAMS.
+# Every run resumes where it stopped (--auto_resume), so running the demo again is cheap and safe.
+set -euo pipefail
+cd "$(dirname "$0")"
+MODE=${1:-quick}
+PY=${PYTHON:-python}
+OUT=${DTKD_DEMO_OUT:-demo_output}
+EXP="$OUT/experiments"
+if [ -z "${DTKD_NIQE_PARAMS:-}" ] && [ -f ../shared/data/weights/perceptual/niqe_pris_params.npz ]; then
+  export DTKD_NIQE_PARAMS=../shared/data/weights/perceptual/niqe_pris_params.npz
+fi
+step() { printf '\n== %s ==\n' "$*"; }
+weights() { echo "$EXP/$1/weights/final.pth"; }
+
+if [ "$MODE" = "quick" ]; then
+  step "demo data (scikit-image sample photos, MATLAB-bicubic x4 LR)"
+  $PY -m Utils.demo_data --out demo_data
+  TRAIN=(--train_hr demo_data/train/HR --train_lr demo_data/train/LR_bicubic/X4)
+  TEST=demo_data/Datasets2023/GTmod12_LRx4/Demo_LRbicx4
+  COMMON=(--experiments_root "$EXP" --cache_dir "$EXP/cache" --valid_dataset "$TEST" --patch_size 64
+          --batch_size 8 --num_workers 0 --auto_resume --quiet --seed 0)
+  ITERS=${DTKD_DEMO_ITERS:-300}
+
+  if [ -f Checkpoints/IMDN/IMDN_x4.pth ]; then
+    T1=Checkpoints/IMDN/IMDN_x4.pth
+  else
+    step "fidelity teacher: IMDN on ground truth ($ITERS iterations)"
+    $PY main.py --model_name IMDN --name demo_teacher_imdn --iters "$ITERS" --test_every "$ITERS" --lr 1e-3 \
+      "${TRAIN[@]}" "${COMMON[@]}"
+    T1=$(weights demo_teacher_imdn)
+  fi
+
+  if [ -f Checkpoints/EdgeSRN/EdgeSRN_x4.pth ]; then
+    T2=Checkpoints/EdgeSRN/EdgeSRN_x4.pth
+  else
+    step "perceptual teacher: EdgeSRN stage 1, L1 pre-training"
+    $PY main.py --model_name EdgeSRN --name demo_edgesrn_l1 --iters $((ITERS / 2)) --test_every $((ITERS / 2)) \
+      --lr 5e-4 "${TRAIN[@]}" "${COMMON[@]}" --batch_size 4
+    step "perceptual teacher: EdgeSRN stage 2, L1 + edge loss (VGG term off: --Rate_lpts 0 without its weights)"
+    $PY main.py --model_name EdgeSRN --name demo_edgesrn_edge --checkpoint "$(weights demo_edgesrn_l1)" \
+      --iters $((ITERS / 3)) --test_every $((ITERS / 3)) --lr 2e-4 --Rate_lm 0.1 --Rate_lpts 0 \
+      "${TRAIN[@]}" "${COMMON[@]}" --batch_size 4
+    T2=$(weights demo_edgesrn_edge)
+  fi
+
+  step "baseline student: RFDN on ground truth only ($ITERS iterations)"
+  $PY main.py --model_name RFDN --name demo_rfdn_gt --iters "$ITERS" --test_every "$ITERS" --lr 1e-3 \
+    "${TRAIN[@]}" "${COMMON[@]}"
+
+  step "DTKD student: RFDN with IMDN + EdgeSRN, entropy routing, error+trust attention ($ITERS iterations)"
+  $PY main.py --model_name RFDN --name demo_rfdn_dtkd --iters "$ITERS" --test_every "$ITERS" --lr 1e-3 \
+    --train_by_TT True --t1_model_name IMDN --t1_checkpoint "$T1" --t2_model_name EdgeSRN --t2_checkpoint "$T2" \
+    --entropy_gate auto --loss_attn both --Rate_l1 1 --Rate_kd 1 --Rate_lm 0.05 --Rate_lpts 0 \
+    --teacher_cache "$EXP/teacher_cache" "${TRAIN[@]}" "${COMMON[@]}"
+
+  step "evaluation on the demo test set"
+  for spec in "IMDN:$T1" "EdgeSRN:$T2" "RFDN:$(weights demo_rfdn_gt)" "RFDN:$(weights demo_rfdn_dtkd)"; do
+    model=${spec%%:*}; ckpt=${spec#*:}
+    name=$(basename "$(dirname "$(dirname "$ckpt")")")
+    # weights/final.pth of every run: copy under the run's name so results and rows read clearly
+    if [ "$(basename "$ckpt")" = "final.pth" ]; then
+      mkdir -p "$OUT/weights"; cp "$ckpt" "$OUT/weights/$name.pth"; ckpt="$OUT/weights/$name.pth"
+    fi
+    $PY main_for_infer.py --Train False --model_name "$model" --checkpoint "$ckpt" --test_folder "$TEST" \
+      --output_folder "$OUT/Result" --quiet
+  done
+
+  step "comparison"
+  $PY -m Utils.compare "$OUT/Result/summary.csv" --out "$OUT"
+  echo
+  echo "table:  $OUT/compare.md  ($OUT/compare.csv)"
+  echo "plot:   $OUT/perception_distortion.png"
+  echo "runs:   $EXP/<run>/ (log.csv, curves.png, weights/)"
+
+elif [ "$MODE" = "paper" ]; then
+  # Paper-scale recipe (GPU). Durations are estimates for one H100-class GPU, from the models' operation
+  # counts; measure your own with bench/. Steps resume with --auto_resume after any interruption.
+  step "data: DIV2K (train HR + x4 LR) and the benchmark sets"
+  $PY -m Utils.download div2k IMDN
+  echo "Put Set5/Set14/B100/Urban100/Manga109 HR folders in place and run, for each:"
+  echo "  $PY -m Utils.prepare_data --hr <Set>/HR --name <Set> --out Datasets2023"
+  COMMON=(--experiments_root experiments --root Datasets --valid_dataset Set5 --datasets_root Datasets2023
+          --amp bf16 --channels_last --num_workers 8 --auto_resume --test_every 5000 --save_every 5000)
+  step "perceptual teacher: EdgeSRN stage 1 (L1), 200k iterations"
+  $PY main.py --model_name EdgeSRN --name edgesrn_l1 --iters 200000 --patch_size 128 --batch_size 16 --lr 2e-4 \
+    --scheduler multistep --milestones 100000 150000 "${COMMON[@]}"
+  step "perceptual teacher: EdgeSRN stage 2 (L1 + edge + VGG), 100k iterations"
+  $PY main.py --model_name EdgeSRN --name edgesrn_edge --checkpoint experiments/edgesrn_l1/weights/final.pth \
+    --iters 100000 --patch_size 128 --batch_size 16 --lr 1e-4 --Rate_lm 0.05 --Rate_lpts 0.01 "${COMMON[@]}"
+  step "DTKD student: RFDN, 500k iterations, teacher cache"
+  $PY main.py --model_name RFDN --name rfdn_dtkd --iters 500000 --patch_size 192 --batch_size 64 --lr 5e-4 \
+    --train_by_TT True --t1_model_name IMDN --t1_checkpoint Checkpoints/IMDN/IMDN_x4.pth \
+    --t2_model_name EdgeSRN --t2_checkpoint experiments/edgesrn_edge/weights/final.pth \
+    --entropy_gate auto --loss_attn both --Rate_lm 0.05 --Rate_lpts 0.01 --teacher_cache experiments/teacher_cache \
+    "${COMMON[@]}"
+  step "evaluation"
+  $PY main_for_infer.py --Train False --model_name RFDN --checkpoint experiments/rfdn_dtkd/weights/best.pth \
+    --test_datasets Set5 Set14 B100 Urban100 Manga109 --output_folder Result --lpips
+  $PY -m Utils.compare Result/summary.csv --out Result
+else
+  echo "usage: bash demo.sh [quick|paper]" >&2
+  exit 2
+fi
