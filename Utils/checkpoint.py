@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
 import torch
 import torch.nn as nn
 
+from Utils.download import sha256_file  # noqa: F401  (one implementation, re-exported)
+
 if TYPE_CHECKING:  # pragma: no cover
     from Model import Preset
 
@@ -204,14 +206,3 @@ def atomic_save(obj: Any, path: PathLike) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
-
-
-def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file (used to key teacher caches and to verify downloads)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
