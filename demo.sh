@@ -42,15 +42,16 @@ if [ "$MODE" = "quick" ]; then
   fi
 
   if [ -f Checkpoints/EdgeSRN/EdgeSRN_x4.pth ]; then
-    T2=Checkpoints/EdgeSRN/EdgeSRN_x4.pth
+    T2=Checkpoints/EdgeSRN/EdgeSRN_x4.pth; T2_MODEL=EdgeSRN
   else
+    T2_MODEL=EdgeSRN_small  # the EdgeSRN architecture at demo size: minutes on a CPU
     step "perceptual teacher: EdgeSRN stage 1, L1 pre-training"
-    $PY main.py --model_name EdgeSRN --name demo_edgesrn_l1 --iters $((ITERS / 2)) --test_every $((ITERS / 2)) \
-      --lr 5e-4 "${TRAIN[@]}" "${COMMON[@]}" --batch_size 4
+    $PY main.py --model_name "$T2_MODEL" --name demo_edgesrn_l1 --iters "$ITERS" --test_every "$ITERS" \
+      --lr 1e-3 "${TRAIN[@]}" "${COMMON[@]}"
     step "perceptual teacher: EdgeSRN stage 2, L1 + edge loss (VGG term off: --Rate_lpts 0 without its weights)"
-    $PY main.py --model_name EdgeSRN --name demo_edgesrn_edge --checkpoint "$(weights demo_edgesrn_l1)" \
-      --iters $((ITERS / 3)) --test_every $((ITERS / 3)) --lr 2e-4 --Rate_lm 0.1 --Rate_lpts 0 \
-      "${TRAIN[@]}" "${COMMON[@]}" --batch_size 4
+    $PY main.py --model_name "$T2_MODEL" --name demo_edgesrn_edge --checkpoint "$(weights demo_edgesrn_l1)" \
+      --iters $((ITERS / 2)) --test_every $((ITERS / 2)) --lr 2e-4 --Rate_lm 0.1 --Rate_lpts 0 \
+      "${TRAIN[@]}" "${COMMON[@]}"
     T2=$(weights demo_edgesrn_edge)
   fi
 
@@ -60,12 +61,12 @@ if [ "$MODE" = "quick" ]; then
 
   step "DTKD student: RFDN with IMDN + EdgeSRN, entropy routing, error+trust attention ($ITERS iterations)"
   $PY main.py --model_name RFDN --name demo_rfdn_dtkd --iters "$ITERS" --test_every "$ITERS" --lr 1e-3 \
-    --train_by_TT True --t1_model_name IMDN --t1_checkpoint "$T1" --t2_model_name EdgeSRN --t2_checkpoint "$T2" \
+    --train_by_TT True --t1_model_name IMDN --t1_checkpoint "$T1" --t2_model_name "$T2_MODEL" --t2_checkpoint "$T2" \
     --entropy_gate auto --loss_attn both --Rate_l1 1 --Rate_kd 1 --Rate_lm 0.05 --Rate_lpts 0 \
     --teacher_cache "$EXP/teacher_cache" "${TRAIN[@]}" "${COMMON[@]}"
 
   step "evaluation on the demo test set"
-  for spec in "IMDN:$T1" "EdgeSRN:$T2" "RFDN:$(weights demo_rfdn_gt)" "RFDN:$(weights demo_rfdn_dtkd)"; do
+  for spec in "IMDN:$T1" "$T2_MODEL:$T2" "RFDN:$(weights demo_rfdn_gt)" "RFDN:$(weights demo_rfdn_dtkd)"; do
     model=${spec%%:*}; ckpt=${spec#*:}
     name=$(basename "$(dirname "$(dirname "$ckpt")")")
     # weights/final.pth of every run: copy under the run's name so results and rows read clearly

@@ -136,11 +136,14 @@ def time_once(fn: Callable[[], object], device: torch.device) -> float:
 
 
 def interleaved(fns: Mapping[str, Callable[[], object]], device: torch.device, warmup: int = 2,
-                repeats: int = 5, budget_s: Optional[float] = None) -> dict[str, list[float]]:
+                repeats: int = 5, budget_s: Optional[float] = None,
+                cpu_times: Optional[dict[str, list[float]]] = None) -> dict[str, list[float]]:
     """Time several variants A, B, ... as A, B, A, B, ...: ``{name: [seconds of each repeat]}``.
 
     Each variant is first called ``warmup`` times (discarded). With ``budget_s``, rounds stop early
-    once that many seconds were spent timing (at least one round always runs).
+    once that many seconds were spent timing (at least one round always runs). ``cpu_times``, when
+    given, receives the CPU seconds (user + system, all threads of this process) of each call: with
+    one thread that is nearly independent of other load on the machine.
     """
     for fn in fns.values():
         for _ in range(warmup):
@@ -150,7 +153,10 @@ def interleaved(fns: Mapping[str, Callable[[], object]], device: torch.device, w
     t_start = time.perf_counter()
     for _ in range(repeats):
         for k, fn in fns.items():
+            c0 = time.process_time()
             times[k].append(time_once(fn, device))
+            if cpu_times is not None:
+                cpu_times.setdefault(k, []).append(time.process_time() - c0)
         if budget_s is not None and time.perf_counter() - t_start > budget_s:
             break
     return times

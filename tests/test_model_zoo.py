@@ -16,7 +16,7 @@ from tests.conftest import WEIGHTS, need
 # DESIGN.md section 3 (SwinIR-S: the official count of the lightweight x4 model).
 EXPECTED_PARAMS = {
     "RFDN": 704_560, "RFDN_AIM": 433_448, "LBNet": 741_668, "LBNet_tiny": 410_501, "IMDN": 715_176,
-    "EdgeSRN": 7_345_475, "ESRGAN": 16_697_987, "PAN": 272_419, "SwinIR": 929_628,
+    "EdgeSRN": 7_345_475, "EdgeSRN_small": 398_755, "ESRGAN": 16_697_987, "PAN": 272_419, "SwinIR": 929_628,
 }
 
 # Each published checkpoint and the preset it belongs to (data/README.md).
