@@ -208,7 +208,7 @@ class Trainer:
         ds = build_train_dataset(hr_dirs, lr_dirs, scale=cfg["scale"], patch_size=cfg["patch_size"],
                                  rgb_permute=cfg.get("rgb_permute", False), repeat=cfg.get("repeat", 1),
                                  cache_dir=cfg.get("cache_dir"), seed=cfg["seed"], uint8=True,
-                                 progress=self.is_main)
+                                 progress=self.is_main and not cfg.get("quiet"))
         attach = getattr(self.objective, "attach_dataset", None)
         if attach is not None:  # e.g. DTKD: the auto entropy gate and the teacher-output cache
             if self.is_main:

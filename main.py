@@ -149,6 +149,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from Trainer import Trainer, TrainingError
     from Utils.checkpoint import CheckpointError
     from Utils.image_io import ImageError
+    from Utils.losses import PerceptualWeightsError
 
     trainer = None
     try:
@@ -158,7 +159,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             log.info("done: %s (final weights: %s)%s", trainer.exp_dir, trainer.exp_dir / "weights" / "final.pth",
                      f"; last validation PSNR {result['psnr']:.4f}" if result else "")
         return 0
-    except (TrainingError, CheckpointError, ImageError, ValueError, KeyError) as exc:
+    except (TrainingError, CheckpointError, ImageError, PerceptualWeightsError, ValueError, KeyError) as exc:
         log.error("%s", exc.args[0] if isinstance(exc, KeyError) else exc)
         return 1
     except KeyboardInterrupt as exc:

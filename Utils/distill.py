@@ -19,6 +19,7 @@ crops and augments it with the LR/HR box and transform, so a step costs about a 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Optional
@@ -64,7 +65,13 @@ class FrozenTeacher(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         scale = 4
-        out = self.net(pad_to_multiple(x, self.preset.pad_multiple))
+        dev = x.device.type
+        # The trainer runs the objective under its autocast: a preset unsafe in float16 (SwinIR
+        # overflows) runs in float32 instead of giving a black or non-finite target.
+        unsafe = (not self.preset.half_ok and torch.is_autocast_enabled(dev)
+                  and torch.get_autocast_dtype(dev) == torch.float16)
+        with torch.autocast(dev, enabled=False) if unsafe else contextlib.nullcontext():
+            out = self.net(pad_to_multiple(x.float() if unsafe else x, self.preset.pad_multiple))
         return out[..., : h * scale, : w * scale].float()
 
 
@@ -78,7 +85,12 @@ def build_teacher_cache(teacher: FrozenTeacher, dataset, root: Path, key: str, t
 
     folder = Path(root) / f"{key}-{teacher.preset.name}-{teacher.sha256[:12]}"
     folder.mkdir(parents=True, exist_ok=True)
-    paths = [folder / f"{_cache_key(r.hr_path, 'teacher')}.npy" for r in dataset.records]
+
+    def entry(r) -> Path:  # keyed by the LR the teacher sees too: a changed LR file is a new entry
+        lr = _cache_key(r.lr_path, "lr") if r.lr_path is not None else f"matlab-bicubic-x{dataset.scale}"
+        return folder / f"{_cache_key(r.hr_path, f'teacher|{lr}')}.npy"
+
+    paths = [entry(r) for r in dataset.records]
     todo = [i for i, p in enumerate(paths) if not p.is_file()]
     if todo:
         log.info("teacher cache %s: computing %d of %d images", folder, len(todo), len(paths))
@@ -103,9 +115,12 @@ class DTKDObjective(Objective):
         super().__init__()
         if not cfg.get("t1_checkpoint"):
             raise ValueError("--train_by_TT True needs --t1_checkpoint (the fidelity teacher's weights)")
+        if cfg.get("t2_checkpoint") is None:  # '' is an explicit choice; a forgotten flag is not
+            raise ValueError("--train_by_TT True needs --t2_checkpoint (the perceptual teacher's weights), "
+                             "or --t2_checkpoint '' to distil from the fidelity teacher alone")
         self.cfg = cfg
         self.t1 = FrozenTeacher(cfg["t1_model_name"], cfg["t1_checkpoint"], device)
-        self.t2 = FrozenTeacher(cfg["t2_model_name"], cfg["t2_checkpoint"], device) if cfg.get("t2_checkpoint") else None
+        self.t2 = FrozenTeacher(cfg["t2_model_name"], cfg["t2_checkpoint"], device) if cfg["t2_checkpoint"] else None
         gate = parse_gate(str(cfg.get("entropy_gate", "auto")))
         self._gate_auto = gate == "auto"
         self.router = EntropyRouter(None if (gate == "auto" or self.t2 is None) else gate)
@@ -119,7 +134,10 @@ class DTKDObjective(Objective):
             log.warning("no perceptual teacher: --Rate_lm and --Rate_lpts are ignored")
             self.w_edge = self.w_pts = 0.0
         if self.w_pts > 0:
-            self.vgg = losses.PerceptualLoss(weights_path=cfg.get("vgg_weights")).to(device)
+            try:
+                self.vgg = losses.PerceptualLoss(weights_path=cfg.get("vgg_weights")).to(device)
+            except losses.PerceptualWeightsError as exc:  # a ValueError: main.py reports it in one line, exit 1
+                raise ValueError(f"--Rate_lpts {self.w_pts:g} needs the VGG19 weights: {exc}") from None
         names = ["l1", "kd"] + (["edge"] if self.w_edge > 0 else []) + (["lpts"] if self.w_pts > 0 else [])
         self.term_names = tuple(names + (["lbp"] if self.w_bp > 0 else []))
         self.use_cache = bool(cfg.get("teacher_cache"))
@@ -139,7 +157,8 @@ class DTKDObjective(Objective):
         if self.use_cache:
             for key, t in zip(TEACHER_KEYS, (self.t1, self.t2)):
                 if t is not None:
-                    dataset.add_extra_target(key, build_teacher_cache(t, dataset, Path(self.cfg["teacher_cache"]), key))
+                    dataset.add_extra_target(key, build_teacher_cache(t, dataset, Path(self.cfg["teacher_cache"]), key,
+                                                                     progress=not self.cfg.get("quiet")))
 
     def forward(self, sr: torch.Tensor, batch: dict):
         x, y = batch["lr"], batch["hr"]

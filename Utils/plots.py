@@ -36,7 +36,8 @@ def plot_training_curves(log_csv: PathLike, out_png: PathLike) -> Path:
     for c in terms:
         ys = [_float(r[c]) for r in rows]
         if any(math.isfinite(y) and y > 0 for y in ys):
-            axes[0].plot(it, ys, lw=1.2 if c == "total" else 0.8, label=c)
+            style = dict(color="k", ls="--", lw=0.9, zorder=3) if c == "total" else dict(lw=0.8)
+            axes[0].plot(it, ys, label=c, **style)  # total dashed on top: visible even when it equals a term
     axes[0].set_yscale("log")
     axes[0].set_xlabel("iteration")
     axes[0].set_title("training loss terms")

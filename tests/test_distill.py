@@ -150,6 +150,24 @@ def test_teachers_frozen_student_trains(small_set, tmp_path):
     assert all(r["nonfinite"] == "0" for r in _rows(trainer.exp_dir))
 
 
+def test_half_unsafe_teacher_ignores_fp16_autocast(tmp_path):
+    """The trainer runs the objective under --amp fp16 autocast: a half-unsafe teacher (SwinIR) runs in fp32."""
+    from Model import build_model, get_preset
+    from Utils.distill import FrozenTeacher
+
+    assert not get_preset("SwinIR").half_ok
+    torch.manual_seed(0)
+    path = tmp_path / "swinir_random.pth"
+    torch.save(build_model("SwinIR", 4).state_dict(), path)
+    teacher = FrozenTeacher("SwinIR", str(path), torch.device("cpu"))
+    x = torch.rand(2, 3, 12, 20)  # not a multiple of the window: padded and cropped back
+    ref = teacher(x)
+    assert ref.shape == (2, 3, 48, 80) and ref.dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.float16):
+        out = teacher(x)
+    assert out.dtype == torch.float32 and torch.equal(out, ref)
+
+
 # ----------------------------------------------------------------------------- 2. the teacher cache
 
 @pytest.fixture(scope="module")
