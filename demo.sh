@@ -55,12 +55,13 @@ if [ "$MODE" = "quick" ]; then
     T2=$(weights demo_edgesrn_edge)
   fi
 
+  EVERY=$((ITERS / 3))
   step "baseline student: RFDN on ground truth only ($ITERS iterations)"
-  $PY main.py --model_name RFDN --name demo_rfdn_gt --iters "$ITERS" --test_every "$ITERS" --lr 1e-3 \
+  $PY main.py --model_name RFDN --name demo_rfdn_gt --iters "$ITERS" --test_every "$EVERY" --lr 1e-3 \
     "${TRAIN[@]}" "${COMMON[@]}"
 
   step "DTKD student: RFDN with IMDN + EdgeSRN, entropy routing, error+trust attention ($ITERS iterations)"
-  $PY main.py --model_name RFDN --name demo_rfdn_dtkd --iters "$ITERS" --test_every "$ITERS" --lr 1e-3 \
+  $PY main.py --model_name RFDN --name demo_rfdn_dtkd --iters "$ITERS" --test_every "$EVERY" --lr 1e-3 \
     --train_by_TT True --t1_model_name IMDN --t1_checkpoint "$T1" --t2_model_name "$T2_MODEL" --t2_checkpoint "$T2" \
     --entropy_gate auto --loss_attn both --Rate_l1 1 --Rate_kd 1 --Rate_lm 0.05 --Rate_lpts 0 \
     --teacher_cache "$EXP/teacher_cache" "${TRAIN[@]}" "${COMMON[@]}"

@@ -435,7 +435,7 @@ def plot_perception_distortion(rows: Sequence[dict], path: PathLike, perceptual:
     for ax, anns, pts in per_axis:
         px = [tuple(ax.transData.transform((r["psnr"], r[measure]))) for r in pts]
         _place_labels(fig, ax, anns, px)
-    _save_atomic(lambda f: fig.savefig(f, format="png", dpi=150), path)
+    _save_atomic(lambda f: fig.savefig(f, format="png", dpi=150, bbox_inches="tight"), path)
     log.info("perception-distortion plot: %s", path)
     return path
 
