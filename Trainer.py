@@ -144,6 +144,7 @@ class Trainer:
         if cfg.get("checkpoint"):
             load_weights(model, cfg["checkpoint"], self.preset)
         model.to(self.device)
+        self._check_patch_size(model, cfg["patch_size"] // cfg["scale"])
         if cfg.get("channels_last"):
             model.to(memory_format=torch.channels_last)
         self.model = model
@@ -170,6 +171,21 @@ class Trainer:
         self._valid_pairs = None
 
     # -- set-up helpers ------------------------------------------------------------------------
+    def _check_patch_size(self, model: nn.Module, lr_patch: int) -> None:
+        """Fail at once, with a message, when the network cannot take LR patches of this size
+        (e.g. RFDN's ESA block needs at least 15x15: --patch_size 64 at x4, not 48)."""
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                model(torch.zeros(1, 3, lr_patch, lr_patch, device=self.device))
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise TrainingError(f"--patch_size {self.cfg['patch_size']}: {self.preset.name} cannot process "
+                                f"{lr_patch}x{lr_patch} LR patches ({first[:160]}); use a larger patch") from None
+        finally:
+            model.train(was_training)
+
     def _seed_everything(self, seed: int) -> None:
         random.seed(seed)
         np.random.seed(seed)
@@ -276,8 +292,9 @@ class Trainer:
         if state.get("model_name") != self.preset.name:
             raise TrainingError(f"{path}: checkpoint of {state.get('model_name')}, not {self.preset.name}")
         unwrap_model(self.model).load_state_dict(state["model"], strict=True)
-        if self.ema and state.get("ema") is not None:
-            self.ema.module.load_state_dict(state["ema"], strict=True)
+        if self.ema:  # a run that had no EMA yet starts its EMA from the resumed weights, not from the init
+            self.ema.module.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"],
+                                            strict=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -286,6 +303,11 @@ class Trainer:
         self.best_psnr = float(state["best_psnr"])
         self.nonfinite_total = int(state.get("nonfinite_total", 0))
         log.info("resumed from %s at iteration %d (lr %.3g)", path, self.iteration, self.optimizer.param_groups[0]["lr"])
+        old_iters = (state.get("config") or {}).get("iters")
+        if old_iters is not None and old_iters != self.cfg["iters"]:
+            log.warning("--iters changed from %d to %d on resume: the learning-rate schedule keeps the "
+                        "checkpoint's state (a cosine schedule still ends at %d)", old_iters, self.cfg["iters"],
+                        old_iters)
 
     def _find_resume(self) -> Optional[Path]:
         cfg = self.cfg
@@ -415,15 +437,16 @@ class Trainer:
             terms, stats = self.objective(sr.float(), batch)
         total = torch.stack(list(terms.values())).sum()
         packed = torch.stack([total.detach(), *[t.detach() for t in terms.values()]]).float()
-        finite = torch.isfinite(packed).all().to(torch.int32)
+        n_terms = len(terms) + 1
         stat_names = list(stats)
         if stat_names:  # fetched with the losses: still one host sync per step
             packed = torch.cat([packed, torch.stack([torch.as_tensor(stats[k], device=packed.device).float()
                                                      for k in stat_names])])
-        if self.distributed:  # every rank must skip together, or DDP's all-reduce would hang
-            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if self.distributed:  # the log shows the mean over the ranks (the global batch); a non-finite
+            dist.all_reduce(packed, op=dist.ReduceOp.SUM)  # loss on any rank makes the sum non-finite,
+            packed /= self.world  # so every rank skips together (else DDP's gradient all-reduce would hang)
+        finite = torch.isfinite(packed[:n_terms]).all()
         values = packed.cpu().tolist()  # the one host sync of a step (the log needs the values)
-        n_terms = len(terms) + 1
         stats = dict(zip(stat_names, values[n_terms:]))
         values = values[:n_terms]
         if not bool(finite.item()):

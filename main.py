@@ -123,6 +123,10 @@ def parse_config(argv: Optional[Sequence[str]] = None) -> dict:
         cfg["name"] = f"{cfg['model_name']}_{'dtkd' if cfg['train_by_TT'] else 'gt'}"
     if cfg["cache_dir"] is None:
         cfg["cache_dir"] = str(Path(cfg["experiments_root"]) / "cache")
+    for key, low in (("iters", 1), ("batch_size", 1), ("save_every", 1), ("max_nonfinite", 1), ("test_every", 0),
+                     ("patch_size", 1), ("scale", 1)):
+        if cfg[key] < low:
+            parser.error(f"--{key} must be at least {low}, got {cfg[key]}")
     if cfg["train_lr"] is not None and cfg["train_hr"] is not None and len(cfg["train_lr"]) != len(cfg["train_hr"]):
         parser.error(f"--train_lr: {len(cfg['train_lr'])} folders for {len(cfg['train_hr'])} --train_hr folders")
     return cfg

@@ -215,7 +215,7 @@ def test_curves_png_plots_log(tmp_path):
 
 # ----------------------------------------------------------------------------- 2. DDP
 
-def test_torchrun_two_processes_stay_in_sync_and_write_one_set_of_files(tmp_path, data):
+def test_torchrun_two_processes_stay_in_sync_and_write_one_set_of_files(tmp_path, data, one_thread):
     root = tmp_path / "exp"
     args = _train_args(root, "ddp", iters=4, extra=("--quiet",))
     launcher = ("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
@@ -235,12 +235,37 @@ def test_torchrun_two_processes_stay_in_sync_and_write_one_set_of_files(tmp_path
                                                      "weights"]
     assert _load(exp / "checkpoints" / "latest.pth")["iteration"] == 4
 
+    # Two ranks of 2 samples see the same 4 samples per step as one process of 4 (rank r takes the
+    # stream positions r, r+2, ...) and average their gradients: the same training up to rounding.
+    import main
+
+    assert main.main(_train_args(root, "single", iters=4, valid=False, extra=("--quiet",))) == 0
+    single, ddp = _load(root / "single" / "weights" / "final.pth"), _load(exp / "weights" / "final.pth")
+    worst = max((single[k] - ddp[k]).abs().max().item() for k in single)
+    assert worst < 1e-4, f"DDP and single-process weights differ by up to {worst:.3g}"
+    for a, b in zip(_rows(root / "single"), rows):  # the log shows the loss of the global batch
+        assert float(a["l1"]) == pytest.approx(float(b["l1"]), rel=1e-4), (a, b)
+
 
 # ----------------------------------------------------------------------------- 4. AMP, channels-last
 
+@pytest.fixture(scope="module")
+def fp32_rows(tmp_path_factory, data):
+    import main
+
+    root = tmp_path_factory.mktemp("fp32")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main.main(_train_args(root, "run", iters=3, valid=False, extra=("--quiet", "--cpu"))) == 0
+    finally:
+        torch.set_num_threads(n)
+    return _rows(root / "run")
+
+
 @pytest.mark.parametrize("flags", [("--amp", "bf16"), ("--channels_last",), ("--amp", "bf16", "--channels_last")],
                          ids=["bf16", "channels_last", "bf16+channels_last"])
-def test_amp_bf16_and_channels_last_train_on_cpu(tmp_path, data, one_thread, flags):
+def test_amp_bf16_and_channels_last_train_on_cpu(tmp_path, fp32_rows, one_thread, flags):
     import main
 
     rc = main.main(_train_args(tmp_path, "run", iters=3, valid=False, extra=("--quiet", "--cpu", *flags)))
@@ -248,6 +273,12 @@ def test_amp_bf16_and_channels_last_train_on_cpu(tmp_path, data, one_thread, fla
     rows = _rows(tmp_path / "run")
     assert [int(r["iter"]) for r in rows] == [1, 2, 3]
     assert all(math.isfinite(float(r["total"])) and r["nonfinite"] == "0" for r in rows)
+    # the first loss (same initial weights, same batch): bf16 autocast rounds, channels-last does not
+    first, ref = float(rows[0]["total"]), float(fp32_rows[0]["total"])
+    if "bf16" in flags:
+        assert first != ref and first == pytest.approx(ref, rel=0.05), (first, ref)
+    else:
+        assert first == pytest.approx(ref, rel=1e-5)
     sd = torch.load(tmp_path / "run" / "weights" / "final.pth", weights_only=True)
     assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in sd.values())
 
@@ -390,6 +421,32 @@ def test_read_only_experiments_root_fails_before_training(tmp_path, data, caplog
     assert rc == 1 and "cannot write" in caplog.text
 
 
+def test_too_small_patch_for_the_network_is_a_clear_error(tmp_path, data, one_thread, caplog):
+    import main
+
+    with caplog.at_level(logging.ERROR):
+        rc = main.main(_train_args(tmp_path, "run", iters=2, valid=False, extra=("--quiet", "--patch_size", "48")))
+    assert rc == 1
+    assert "--patch_size 48: RFDN cannot process 12x12 LR patches" in caplog.text, caplog.text
+
+
+def test_ema_switched_on_at_resume_starts_from_the_resumed_weights(tmp_path, data, one_thread):
+    import shutil
+
+    import main
+
+    exp = tmp_path / "run"
+    assert main.main(_train_args(tmp_path, "run", iters=2, valid=False, extra=("--quiet",))) == 0
+    shutil.copy(exp / "checkpoints" / "latest.pth", tmp_path / "at2.pth")
+    assert main.main(_train_args(tmp_path, "run", iters=3, valid=False,
+                                 extra=("--quiet", "--auto_resume", "--ema", "0.9"))) == 0
+    m2 = _load(tmp_path / "at2.pth")["model"]
+    m3 = _load(exp / "checkpoints" / "latest.pth")["model"]
+    ema = _load(exp / "weights" / "final.pth")
+    for k in m2:  # one EMA update from the resumed weights: m2 + 0.1 (m3 - m2)
+        assert torch.allclose(ema[k], m2[k] + 0.1 * (m3[k] - m2[k]), atol=1e-6), k
+
+
 def test_config_yaml_sets_defaults_and_rejects_unknown_keys(tmp_path, capsys):
     import yaml
 
@@ -415,6 +472,11 @@ def test_config_yaml_sets_defaults_and_rejects_unknown_keys(tmp_path, capsys):
         main.parse_config(["--config", str(bad)])
     assert exc.value.code == 2
     assert "learning_rate" in capsys.readouterr().err
+
+    for flag in ("--save_every", "--iters", "--batch_size"):
+        with pytest.raises(SystemExit) as exc:
+            main.parse_config([flag, "0"])
+        assert exc.value.code == 2 and f"{flag} must be at least 1" in capsys.readouterr().err
 
     # and through the real command line
     proc = _run_main(["--config", str(bad)])
