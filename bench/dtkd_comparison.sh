@@ -4,7 +4,7 @@
 # (IMDN, published weights), (c) with full DTKD (IMDN + an EdgeSRN trained here, entropy routing,
 # error+trust attention, edge loss). Train on T91, test on Set5 and Set14 (official LR files).
 #
-#   bash bench/dtkd_comparison.sh [ITERS]      (default 1000; results in bench/results/dtkd_comparison/)
+#   OMP_NUM_THREADS=1 bash bench/dtkd_comparison.sh [ITERS]   (default 1000; results in bench/results/dtkd_comparison/)
 #
 # The perceptual teacher is EdgeSRN_small (the EdgeSRN architecture with 2 blocks and 32 features),
 # trained here in two stages (L1, then L1 + edge), because the full EdgeSRN is too slow to train on a CPU.
@@ -18,7 +18,7 @@ EXP="$OUT/experiments"
 export DTKD_NIQE_PARAMS=${DTKD_NIQE_PARAMS:-$SHARED/weights/perceptual/niqe_pris_params.npz}
 TRAIN=(--train_hr $SHARED/train/T91/HR --train_lr $SHARED/train/T91/LR_bicubic/X4)
 COMMON=(--experiments_root "$EXP" --cache_dir "$EXP/cache" --valid_dataset $SHARED/benchmark/Set5/LR_bicubic/X4
-        --patch_size 96 --batch_size 16 --num_workers 2 --auto_resume --quiet --seed 0 --lr 1e-3
+        --patch_size 64 --batch_size 16 --num_workers 0 --auto_resume --quiet --seed 0 --lr 1e-3
         --scheduler cosine --test_every "$ITERS" --save_every 250)
 T1=$SHARED/weights/IMDN/IMDN_x4.pth
 

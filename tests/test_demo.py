@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_demo_script_end_to_end(tmp_path):
     out = tmp_path / "demo_output"
     env = {**os.environ, "DTKD_DEMO_OUT": str(out), "DTKD_DEMO_ITERS": "12", "PYTHON": sys.executable,
-           "OMP_NUM_THREADS": "2"}
+           "OMP_NUM_THREADS": "1"}  # robust when the machine is shared
     proc = subprocess.run(["bash", str(REPO / "demo.sh")], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
