@@ -580,5 +580,17 @@ class Trainer:
         return last_val
 
     def close(self) -> None:
+        """Tear the process group down once every rank is done (rank 0 may still be writing files:
+        a rank that destroys its gloo context early can abort on exit)."""
         if self.distributed and dist.is_initialized():
+            try:
+                dist.barrier()
+            except Exception as exc:  # a rank already failed: nothing left to wait for
+                log.debug("barrier before teardown failed: %s", exc)
+            # DDP's reducer keeps gloo work objects (holding tensors) alive; release them while the
+            # interpreter is fully alive, or gloo's threads can abort the process at exit.
+            import gc
+
+            self.train_model = self.model
+            gc.collect()
             dist.destroy_process_group()
