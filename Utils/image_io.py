@@ -10,7 +10,7 @@ import os
 import struct
 import tempfile
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -99,8 +99,13 @@ def read_image(path: PathLike, gray_to_rgb: bool = True) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def write_image(path: PathLike, img: np.ndarray) -> None:
-    """Write a uint8 HWC RGB (or HW gray) array atomically (temporary file, then rename)."""
+def write_image(path: PathLike, img: np.ndarray, compress_level: Optional[int] = None) -> None:
+    """Write a uint8 HWC RGB (or HW gray) array atomically (temporary file, then rename).
+
+    ``compress_level`` (0-9, PNG only) trades file size for time: PIL's default is 6; 1 writes about
+    twice as fast for files about 10-20% larger (evaluation uses it for its SR images). Pixels are
+    the same either way.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if img.dtype != np.uint8:
@@ -108,7 +113,9 @@ def write_image(path: PathLike, img: np.ndarray) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix or ".png", dir=path.parent)
     os.close(fd)
     try:
-        Image.fromarray(img).save(tmp)
+        kw = {"compress_level": int(compress_level)} if compress_level is not None and \
+            (path.suffix or ".png").lower() == ".png" else {}
+        Image.fromarray(img).save(tmp, **kw)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -113,6 +113,22 @@ def load_niqe_params(params_path: Optional[PathLike] = None) -> NiqeParams:
     return _load_params_cached(str(path.resolve()))
 
 
+def _nearest_grid_index(r: np.ndarray) -> np.ndarray:
+    """``argmin((_R_GAM - r) ** 2)`` for each value of ``r`` (0 for NaN), without the N x 9801 table.
+
+    ``_R_GAM`` increases strictly along the grid, so the minimiser is one of the two grid points around
+    ``r`` (found by bisection); ties go to the lower index, as ``argmin`` does. Same result, same floats.
+    Non-finite values give 0, as ``argmin`` over a row of NaN or infinite errors does.
+    """
+    r = np.asarray(r, dtype=np.float64)
+    nan = ~np.isfinite(r)
+    rr = np.where(nan, _R_GAM[0], r)
+    hi = np.clip(np.searchsorted(_R_GAM, rr), 1, _R_GAM.size - 1)
+    lo = hi - 1
+    take_hi = (_R_GAM[hi] - rr) ** 2 < (_R_GAM[lo] - rr) ** 2
+    return np.where(nan, 0, np.where(take_hi, hi, lo))
+
+
 def _aggd_fit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Asymmetric generalised Gaussian fit of each row of ``x`` (N x M): alpha, beta_left, beta_right."""
     sq = x * x
@@ -126,8 +142,7 @@ def _aggd_fit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         rhatnorm = rhat * (gammahat ** 3 + 1) * (gammahat + 1) / (gammahat ** 2 + 1) ** 2
     # A NaN fit (a block without negative or positive values) takes the first grid point, as argmin
     # over an all-NaN row does in the reference port; its features stay NaN and are dropped later.
-    err = (_R_GAM[None, :] - rhatnorm[:, None]) ** 2
-    idx = np.where(np.isnan(rhatnorm), 0, np.argmin(np.nan_to_num(err, nan=np.inf), axis=1))
+    idx = _nearest_grid_index(rhatnorm)
     alpha = _GAM[idx]
     const = np.sqrt(gamma(1.0 / alpha) / gamma(3.0 / alpha))
     return alpha, left_std * const, right_std * const

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sets", nargs="+", default=["Set14"], help="sets under ../shared/data/benchmark")
     p.add_argument("--niqe-params", default=str(WEIGHTS / "perceptual" / "niqe_pris_params.npz"))
     p.add_argument("--profile", action="store_true", help="cProfile one more full evaluation and print the top")
-    p.set_defaults(warmup=1, repeats=3)
+    p.set_defaults(warmup=1, repeats=5)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     device = setup(args)

@@ -10,14 +10,15 @@ Variants: ``fp32`` always; on CUDA also ``bf16`` and ``fp16`` autocast (``fp16``
 ``half_ok``; SwinIR overflows in float16) and ``+cl`` (channels-last model and input); ``--compile``
 adds ``torch.compile`` variants. On the CPU autocast is not used (fp32 is exact and faster there).
 
-Sizes: the default LR input is 320x180 (1280x720 output) on CUDA and 80x45 on the CPU, where a
-720p output takes seconds to minutes per preset; ``--lr-size 320x180`` gives the full size. When the
+Sizes: the default LR input is 320x180 (1280x720 output) on CUDA and 160x90 on the CPU, where a
+720p output takes seconds per preset; ``--lr-size 320x180`` gives the full size. When the
 LR size is not 320x180 the "ms/720p" column is *scaled* by the pixel count (printed as such): exact
 for convolutional models, a lower bound for LBNet, whose attention runs over H*W/16-token blocks and
 so grows faster than the pixel count. Examples::
 
-    python bench/bench_inference.py                                 # CPU: 80x45 LR, all presets, ~2 min
-    python bench/bench_inference.py --device cpu --lr-size 160x90 --presets RFDN IMDN PAN
+    python bench/bench_inference.py                                 # CPU: 160x90 LR, all presets, 1-3 min
+    python bench/bench_inference.py --device cpu --lr-size 320x180 --presets RFDN IMDN PAN
+    python bench/bench_inference.py --channels-last-cpu             # also channels-last on the CPU
     python bench/bench_inference.py --device cuda --compile          # GPU: 720p, fp32/bf16/fp16/channels-last
 """
 from __future__ import annotations
@@ -94,16 +95,16 @@ def main(argv: list[str] | None = None) -> int:
     add_common_args(p)
     p.add_argument("--presets", nargs="+", default=None, help="subset of presets (default: all)")
     p.add_argument("--lr-size", type=parse_size, default=None,
-                   help="LR input WxH (default 320x180 on CUDA, 80x45 on CPU)")
+                   help="LR input WxH (default 320x180 on CUDA, 160x90 on CPU)")
     p.add_argument("--batch", type=int, default=1, help="images per forward")
     p.add_argument("--compile", action="store_true", help="also time torch.compile variants")
     p.add_argument("--channels-last-cpu", action="store_true", help="on the CPU also time channels-last")
     p.add_argument("--random-weights", action="store_true", help="never load the published weights")
-    p.set_defaults(warmup=1, repeats=3)
+    p.set_defaults(warmup=1, repeats=5)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     device = setup(args)
-    w, h = args.lr_size or ((FULL_W, FULL_H) if device.type == "cuda" else (80, 45))
+    w, h = args.lr_size or ((FULL_W, FULL_H) if device.type == "cuda" else (160, 90))
     scaled = (w, h) != (FULL_W, FULL_H)
     px_factor = (FULL_W * FULL_H) / (w * h)
     names = args.presets or list(MODELS)
@@ -135,17 +136,19 @@ def main(argv: list[str] | None = None) -> int:
         if v == "fp32":
             base[name] = t
         ms_720 = t * 1000 / args.batch * px_factor
-        rows.append({"time": now(), "preset": name, "variant": v, "weights": meta[name]["weights"],
+        quadratic = MODELS[name].factory.startswith("lbnet:")  # attention over H*W/16-token blocks
+        note = "" if not scaled else ("scaled; lower bound" if quadratic and px_factor > 1 else "scaled")
+        rows.append({"time": now(), "preset": name, "variant": v, "weights": meta[name]["weights"], "note": note,
                      "params_k": round(meta[name]["params"] / 1e3, 1), "lr_w": w, "lr_h": h, "batch": args.batch,
                      "ms_per_batch": t * 1000, "images_per_s": args.batch / t, "ms_per_720p": ms_720,
                      "images_per_s_720p": 1000 / ms_720, "ms_720p_scaled": int(scaled),
                      "speedup_vs_fp32": base[name] / t, "repeats": len(times[f"{name}|{v}"]),
                      "min_ms": min(times[f"{name}|{v}"]) * 1000, **info, "load_avg_end": load_avg()})
     cols = ["preset", "variant", "params_k", "ms_per_batch", "images_per_s", "ms_per_720p", "images_per_s_720p",
-            "speedup_vs_fp32"]
+            "speedup_vs_fp32"] + (["note"] if scaled else [])
     heads = ["preset", "variant", "params (k)", f"ms / {4 * w}x{4 * h}", "images/s",
              "ms / 720p" + (" (scaled)" if scaled else ""), "720p images/s" + (" (scaled)" if scaled else ""),
-             "x vs fp32"]
+             "x vs fp32"] + (["720p figure"] if scaled else [])
     print(markdown_table(rows, cols, heads))
     print(f"# load average (1 min): start {info['load_avg_1m']}, end {load_avg()}")
     out = write_csv(args.csv or default_csv(__file__), rows)

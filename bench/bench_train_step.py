@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--skip-fly", action="store_true", help="leave out the (slow) on-the-fly DTKD step")
-    p.set_defaults(warmup=2, repeats=5)
+    p.set_defaults(warmup=2, repeats=10)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("Utils.datasets").setLevel(logging.ERROR)  # T91's list of small images is long

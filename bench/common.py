@@ -108,13 +108,16 @@ def machine_info(device: torch.device) -> dict:
         "device": device.type,
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else "",
         "cuda": (torch.version.cuda or "") if device.type == "cuda" else "",
+        "tf32_conv": bool(torch.backends.cudnn.allow_tf32) if device.type == "cuda" else "",
+        "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32) if device.type == "cuda" else "",
         "load_avg_1m": load_avg(),
     }
     return info
 
 
 def describe(info: Mapping) -> str:
-    gpu = f", GPU {info['gpu']} (CUDA {info['cuda']})" if info.get("gpu") else ""
+    gpu = (f", GPU {info['gpu']} (CUDA {info['cuda']}; TF32 convs {info['tf32_conv']}, matmuls {info['tf32_matmul']})"
+           if info.get("gpu") else "")
     return (f"{info['cpu']} ({info['cores']} cores), torch {info['torch']}, {info['threads']} threads"
             f"{gpu}; load average (1 min) {info['load_avg_1m']}")
 
