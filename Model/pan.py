@@ -110,17 +110,11 @@ class PAN(nn.Module):
         fea = self.conv_first(x)
         trunk = self.trunk_conv(self.SCPA_trunk(fea))
         trunk += fea
-        to_nchw = False
         if self.upscale == 4:
             fea = self._up_stage(trunk, 2, self.upconv1, self.att1, self.HRconv1)
-            # On the CPU the 4x stage (the costliest part: three 24-channel convs at 4x the input size) runs in
-            # channels-last memory format, where oneDNN is about 2x faster there; only float rounding differs.
-            to_nchw = fea.device.type == "cpu" and not fea.is_contiguous(memory_format=torch.channels_last)
-            if to_nchw:
-                fea = fea.contiguous(memory_format=torch.channels_last)
             fea = self._up_stage(fea, 2, self.upconv2, self.att2, self.HRconv2)
         else:
             fea = self._up_stage(trunk, self.upscale, self.upconv1, self.att1, self.HRconv1)
         out = self.conv_last(fea)
         out += F.interpolate(x, scale_factor=self.upscale, mode="bilinear", align_corners=False)
-        return out.contiguous() if to_nchw else out
+        return out

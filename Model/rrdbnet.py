@@ -81,6 +81,13 @@ class RRDBNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fea = self.conv_first(x)
         fea = fea + self.trunk_conv(self.RRDB_trunk(fea))  # trunk evaluated once
+        # On the CPU the upsampling stage (64-channel convs at 2x and 4x the input size) is faster in
+        # channels-last format with oneDNN (measured 5% for the whole EdgeSRN forward); rounding differs
+        # from NCHW by about 2e-7.
+        to_cl = fea.device.type == "cpu" and not fea.is_contiguous(memory_format=torch.channels_last)
+        if to_cl:
+            fea = fea.contiguous(memory_format=torch.channels_last)
         fea = self.lrelu(self.upconv1(F.interpolate(fea, scale_factor=2, mode="nearest")))
         fea = self.lrelu(self.upconv2(F.interpolate(fea, scale_factor=2, mode="nearest")))
-        return self.conv_last(self.lrelu(self.HRconv(fea)))
+        out = self.conv_last(self.lrelu(self.HRconv(fea)))
+        return out.contiguous() if to_cl else out
