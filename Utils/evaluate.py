@@ -6,6 +6,7 @@ SSIM are measured on the unrounded Y channel with a border of ``scale`` pixels c
 """
 from __future__ import annotations
 
+import concurrent.futures
 import csv
 import fcntl
 import logging
@@ -33,7 +34,9 @@ PathLike = Union[str, Path]
 
 PNG_COMPRESS_LEVEL = 1  # SR images: zlib level 1 writes about 3x faster than PIL's default 6; files ~15% larger
 HELPER_NICE = 19  # scheduling priority (nice) of the decode/metrics/PNG helper threads; 0 keeps the normal one
-MAX_BACKLOG = 4  # SR images waiting for their metrics before the loop waits for the oldest
+# SR (+ GT) images waiting for their metrics, in bytes, before the loop catches up: the helpers work in the
+# gaps of the forward passes; the rest is done at the end by all threads at once, which is the most efficient
+MAX_BACKLOG_BYTES = 256 << 20
 # helper threads: 2 on small machines; more where many cores sit idle beside a GPU forward pass
 HELPER_THREADS = max(2, min(8, (os.cpu_count() or 2) // 2))
 METRIC_COLUMNS = ("psnr", "ssim", "niqe", "lpips", "ag")
@@ -288,13 +291,18 @@ class _HelperPool:
                 job = self._jobs.popleft()
             self._run(job)
 
-    def result(self, fut: Future):
-        """``fut.result()``, running queued jobs (oldest first) in this thread while ``fut`` is not done."""
+    def wait(self, fut: Future) -> None:
+        """Until ``fut`` is done, run queued jobs (oldest first) in this thread, then wait for the helpers."""
         while not fut.done():
             job = self._take()
-            if job is None:
-                break  # fut is running in a helper: wait for it
+            if job is None:  # fut is running in a helper
+                concurrent.futures.wait([fut])
+                return
             self._run(job)
+
+    def result(self, fut: Future):
+        """``fut.result()``, after :meth:`wait`."""
+        self.wait(fut)
         return fut.result()
 
     def shutdown(self) -> None:
@@ -317,7 +325,7 @@ def evaluate_pairs(model: nn.Module, pairs: Sequence[ImagePair], opts: MetricOpt
     The model runs in the calling thread; decoding the next image, metrics and PNG writing run in a
     small pool of low-priority helper threads that fill the gaps of the forward passes without slowing
     them, and that the calling thread joins whenever it would otherwise wait (see :class:`_HelperPool`);
-    at most ``MAX_BACKLOG`` SR images wait for their metrics.
+    at most ``MAX_BACKLOG_BYTES`` of SR and GT images wait for their metrics.
     """
     from tqdm import tqdm
 
@@ -338,7 +346,7 @@ def evaluate_pairs(model: nn.Module, pairs: Sequence[ImagePair], opts: MetricOpt
             write_image(save_dir / f"{pair.name}.png", sr_img, compress_level=PNG_COMPRESS_LEVEL)
         return row
 
-    pending: list[tuple[ImagePair, Future]] = []
+    pending: list[tuple[ImagePair, Future, int]] = []
     loads = [workers.submit(load, p, urgent=True) for p in pairs[:1]]
     bar = tqdm(total=len(pairs), desc=desc, unit="img", disable=not progress, leave=False)
     try:
@@ -354,15 +362,20 @@ def evaluate_pairs(model: nn.Module, pairs: Sequence[ImagePair], opts: MetricOpt
                 sr_img = tensor2img(sr)  # syncs the device
                 dt = time.perf_counter() - t0
                 result.forward_seconds += dt
-                pending.append((pair, workers.submit(finish, pair, sr_img, gt, dt)))
-                waiting = [f for _, f in pending if not f.done()]
-                for f in waiting[: max(0, len(waiting) - MAX_BACKLOG)]:  # bounded memory: catch up
-                    workers.result(f)
+                nbytes = sr_img.nbytes + (gt.nbytes if gt is not None else 0)
+                pending.append((pair, workers.submit(finish, pair, sr_img, gt, dt), nbytes))
+                waiting = [(f, n) for _, f, n in pending if not f.done()]
+                held = sum(n for _, n in waiting)
+                for f, n in waiting:  # bounded memory: catch up on the oldest
+                    if held <= MAX_BACKLOG_BYTES:
+                        break
+                    workers.wait(f)  # its failure, if any, is reported with its own pair below
+                    held -= n
             except (ImageError, ValueError) as exc:
                 log.error("%s", exc)
                 result.failures.append((str(pair.lr), str(exc)))
             bar.update(1)
-        for pair, fut in pending:
+        for pair, fut, _ in pending:
             try:
                 row = workers.result(fut)
             except (ImageError, ValueError, OSError) as exc:

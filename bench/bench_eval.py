@@ -17,7 +17,6 @@ full / forward < 1.5. Examples::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import cProfile
 import csv
 import io
@@ -29,7 +28,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (SHARED, WEIGHTS, add_common_args, default_csv, describe, load_avg, machine_info,  # noqa: E402

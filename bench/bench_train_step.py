@@ -17,12 +17,13 @@ patches from the training loader, reused for every step:
   with ``--workers`` (default 2, the trainer's default); ``loader_cache`` adds two HR-sized extra targets
   (the teacher cache's layout: .npy files cropped and flipped with the patch).
 
-The steps are timed interleaved (plain, fly, cache, plain, ...), the loader in blocks of
+The steps are timed interleaved (one of each per round, the order rotated every round), the loader in blocks of
 ``--loader-batches`` between rounds (the batches its workers prefetched while the steps ran are fetched
 before the clock starts), medians reported. Acceptance printed at the end: dtkd_cache / plain <= 1.2,
 and loader patches/s >= 3 x the patches/s the plain step consumes. Examples::
 
-    python bench/bench_train_step.py                                   # CPU: batch 16, HR patch 96, ~2 min
+    python bench/bench_train_step.py                                   # CPU: batch 16, HR patch 96, < 1 min idle
+    python bench/bench_train_step.py --threads 1                       # load-robust: compare the CPU-ms column
     python bench/bench_train_step.py --device cuda --patch 192 --batch 16 --repeats 20
 """
 from __future__ import annotations
@@ -174,8 +175,10 @@ def main(argv: list[str] | None = None) -> int:
             fn()
     times: dict[str, list[float]] = {k: [] for k in steps}
     cpu: dict[str, list[float]] = {}
-    for _ in range(args.repeats):
-        r = interleaved(steps, device, warmup=0, repeats=1, cpu_times=cpu)
+    names = list(steps)
+    for rnd in range(args.repeats):
+        sh = rnd % len(names)  # rotate the order each round
+        r = interleaved({k: steps[k] for k in names[sh:] + names[:sh]}, device, warmup=0, repeats=1, cpu_times=cpu)
         for k, v in r.items():
             times[k] += v
         for lt in loaders.values():

@@ -141,7 +141,8 @@ def time_once(fn: Callable[[], object], device: torch.device) -> float:
 def interleaved(fns: Mapping[str, Callable[[], object]], device: torch.device, warmup: int = 2,
                 repeats: int = 5, budget_s: Optional[float] = None,
                 cpu_times: Optional[dict[str, list[float]]] = None) -> dict[str, list[float]]:
-    """Time several variants A, B, ... as A, B, A, B, ...: ``{name: [seconds of each repeat]}``.
+    """Time several variants A, B, ... as A, B, B, A, ... (interleaved, order rotated each round):
+    ``{name: [seconds of each repeat]}``.
 
     Each variant is first called ``warmup`` times (discarded). With ``budget_s``, rounds stop early
     once that many seconds were spent timing (at least one round always runs). ``cpu_times``, when
@@ -154,8 +155,11 @@ def interleaved(fns: Mapping[str, Callable[[], object]], device: torch.device, w
     sync(device)
     times: dict[str, list[float]] = {k: [] for k in fns}
     t_start = time.perf_counter()
-    for _ in range(repeats):
-        for k, fn in fns.items():
+    order = list(fns)
+    for r in range(repeats):
+        shift = r % len(order)  # rotate the order each round: no variant always follows the same one
+        for k in order[shift:] + order[:shift]:
+            fn = fns[k]
             c0 = time.process_time()
             times[k].append(time_once(fn, device))
             if cpu_times is not None:
