@@ -85,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     a("--Rate_lpts", type=float, default=0.0, help="weight of the VGG19 conv5_4 perceptual loss")
     a("--Rate_lbp", type=float, default=0.0, help="weight of the back-projection loss")
     a("--edge_kind", default="sobel", choices=["sobel", "laplacian"])
+    a("--Rate_tex", type=float, default=0.0,
+      help="weight of the texture-statistics loss (ours, weight-free): to the perceptual teacher on "
+           "texture-rich samples in DTKD, to the ground truth otherwise (EdgeSRN stage 2)")
+    a("--tex_kind", default="gradw1", choices=["gradw1", "spectrum"],
+      help="texture statistics: local Sobel-derivative distributions (Wasserstein-1) or local amplitude spectra")
+    a("--tex_window", type=int, default=16, help="tile size (HR pixels) of the texture statistics")
     a("--vgg_weights", default=None, help="local VGG19 weights (default: torchvision's file via torch.hub)")
     # distillation (DTKD)
     a("--train_by_TT", type=str2bool, default=False, help="True: dual-teacher distillation")
@@ -95,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--Rate_kd", type=float, default=1.0, help="weight of the distillation term")
     a("--entropy_gate", type=_gate, default="auto", help="auto, none, or a value in bits")
     a("--loss_attn", default="both", choices=["none", "error", "trust", "both"])
+    a("--t2_pixel_kd", type=str2bool, default=True,
+      help="True (the paper): the perceptual teacher's pixels are the KD target of the samples routed to it; "
+           "False (ours): the KD target is always the fidelity teacher, the perceptual teacher teaches only "
+           "through its statistics terms (--Rate_tex, --Rate_lm, --Rate_lpts)")
     a("--teacher_cache", default=None, help="folder for cached teacher outputs (computed once)")
     return p
 

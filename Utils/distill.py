@@ -138,8 +138,17 @@ class DTKDObjective(Objective):
                 self.vgg = losses.PerceptualLoss(weights_path=cfg.get("vgg_weights")).to(device)
             except losses.PerceptualWeightsError as exc:  # a ValueError: main.py reports it in one line, exit 1
                 raise ValueError(f"--Rate_lpts {self.w_pts:g} needs the VGG19 weights: {exc}") from None
+        self.w_tex = float(cfg.get("Rate_tex", 0.0))
+        self.tex_kind, self.tex_window = cfg.get("tex_kind", "gradw1"), int(cfg.get("tex_window", 16))
+        self.t2_pixel_kd = bool(cfg.get("t2_pixel_kd", True))
+        if self.t2 is None and self.w_tex > 0:
+            log.warning("no perceptual teacher: --Rate_tex is ignored")
+            self.w_tex = 0.0
         names = ["l1", "kd"] + (["edge"] if self.w_edge > 0 else []) + (["lpts"] if self.w_pts > 0 else [])
+        names += ["tex"] if self.w_tex > 0 else []
         self.term_names = tuple(names + (["lbp"] if self.w_bp > 0 else []))
+        # --loss_attn both: the KD term is error + trust attention; each part gets its own log column
+        self.stat_names = ("frac_perceptual",) + (("kd_err", "kd_trust") if self.attn == "both" else ())
         self.use_cache = bool(cfg.get("teacher_cache"))
 
     def teachers(self) -> list[FrozenTeacher]:
@@ -160,6 +169,14 @@ class DTKDObjective(Objective):
                     dataset.add_extra_target(key, build_teacher_cache(t, dataset, Path(self.cfg["teacher_cache"]), key,
                                                                      progress=not self.cfg.get("quiet")))
 
+    def _kd(self, sr: torch.Tensor, target: torch.Tensor, y: torch.Tensor, parts: list) -> torch.Tensor:
+        """The (unweighted) KD term to ``target``; with ``both`` its error and trust parts go to ``parts``."""
+        if self.attn != "both":
+            return losses.kd_loss(sr, target, y, attn=self.attn)
+        err, trust = losses.error_attention_l1(sr, target), losses.trust_attention_l1(sr, target, y)
+        parts.append(torch.stack([err, trust]).detach())
+        return err + trust
+
     def forward(self, sr: torch.Tensor, batch: dict):
         x, y = batch["lr"], batch["hr"]
         f = batch["t1"] if "t1" in batch else self.t1(x)
@@ -168,24 +185,31 @@ class DTKDObjective(Objective):
             p = batch["t2"] if "t2" in batch else self.t2(x)
         terms = {"l1": self.w_l1 * losses.l1_loss(sr, y)}
         stats: dict[str, torch.Tensor] = {}
+        parts: list[torch.Tensor] = []  # (error, trust) attention of each KD target, for the log
+        texture = None  # samples taught by P (None: all of them)
         if p is None:
-            terms["kd"] = self.w_kd * losses.kd_loss(sr, f, y, attn=self.attn)
-            texture = None
+            kd = self._kd(sr, f, y, parts)
             stats["frac_perceptual"] = torch.zeros((), device=sr.device)
         elif self.router.enabled:
             texture = self.router.route(y)
-            target = torch.where(texture[:, None, None, None], p, f)
-            terms["kd"] = self.w_kd * losses.kd_loss(sr, target, y, attn=self.attn)
+            # --t2_pixel_kd False: P's pixels are never a KD target; P teaches through its statistics terms
+            target = torch.where(texture[:, None, None, None], p, f) if self.t2_pixel_kd else f
+            kd = self._kd(sr, target, y, parts)
             stats["frac_perceptual"] = texture.float().mean()
         else:  # no routing: both teachers supervise every sample
-            texture = None
-            terms["kd"] = self.w_kd * 0.5 * (losses.kd_loss(sr, f, y, attn=self.attn)
-                                              + losses.kd_loss(sr, p, y, attn=self.attn))
+            kd = (0.5 * (self._kd(sr, f, y, parts) + self._kd(sr, p, y, parts)) if self.t2_pixel_kd
+                  else self._kd(sr, f, y, parts))
             stats["frac_perceptual"] = torch.ones((), device=sr.device)
+        terms["kd"] = self.w_kd * kd
+        if parts:
+            err, trust = (self.w_kd * torch.stack(parts).mean(dim=0)).unbind()
+            stats["kd_err"], stats["kd_trust"] = err, trust
         if self.w_edge > 0:
             terms["edge"] = self.w_edge * losses.edge_loss(sr, p, kind=self.edge_kind, sample_mask=texture)
         if self.w_pts > 0:
             terms["lpts"] = self.w_pts * self.vgg(sr, p, sample_mask=texture)
+        if self.w_tex > 0:
+            terms["tex"] = self.w_tex * losses.texture_loss(sr, p, self.tex_kind, self.tex_window, sample_mask=texture)
         if self.w_bp > 0:
             terms["lbp"] = self.w_bp * losses.backprojection_loss(sr, x, self.scale)
         return terms, stats

@@ -42,13 +42,15 @@ PathLike = Union[str, Path]
 
 __all__ = [
     "l1_loss", "edge_map", "edge_loss", "backprojection_loss", "error_attention_l1",
-    "trust_attention_l1", "kd_loss", "rgb_to_y", "KD_ATTN_CHOICES", "EDGE_KINDS",
+    "trust_attention_l1", "kd_loss", "rgb_to_y", "KD_ATTN_CHOICES", "EDGE_KINDS", "TEXTURE_KINDS",
+    "image_gradients", "texture_loss",
     "VGG19_URL", "VGG19_LAYERS", "VGGFeatureExtractor", "PerceptualLoss", "PerceptualWeightsError",
 ]
 
 VGG19_URL = "https://download.pytorch.org/models/vgg19-dcbbb0fc.pth"
 KD_ATTN_CHOICES = ("none", "error", "trust", "both")
 EDGE_KINDS = ("sobel", "laplacian")
+TEXTURE_KINDS = ("gradw1", "spectrum")
 
 # BT.601 luma on [0, 1] values: Y = (16 + 65.481 R + 128.553 G + 24.966 B) / 255.
 _Y_WEIGHTS = (65.481 / 255.0, 128.553 / 255.0, 24.966 / 255.0)
@@ -174,6 +176,69 @@ def backprojection_loss(sr: torch.Tensor, lr: torch.Tensor, scale: int = 4,
         raise ValueError(f"backprojection_loss: {tuple(sr.shape)} downscaled by {scale} is "
                          f"{tuple(down.shape)}, which does not match lr {tuple(lr.shape)}")
     return l1_loss(down, lr, sample_mask)
+
+
+# ----------------------------------------------------------------------------------------------
+# Texture statistics (weight-free, not pixel-aligned)
+# ----------------------------------------------------------------------------------------------
+def image_gradients(x: torch.Tensor) -> torch.Tensor:
+    """Signed Sobel derivatives ``Nx2xHxW`` (d/dx, d/dy; replicate padding) of the Y channel, float32."""
+    with _no_autocast(x):
+        y = F.pad(rgb_to_y(x), (1, 1, 1, 1), mode="replicate")
+        kx = torch.tensor(_SOBEL_X, dtype=torch.float32, device=x.device)
+        return F.conv2d(y, torch.stack([kx, kx.t()]).unsqueeze(1))
+
+
+def _windows(x: torch.Tensor, window: int) -> torch.Tensor:
+    """Non-overlapping ``window`` x ``window`` tiles of ``x`` (NxCxHxW) as ``N x C x window^2 x L``.
+
+    The bottom and right remainders that do not fill a whole window are left out; an image smaller
+    than one window is one window of its own size.
+    """
+    n, c, h, w = x.shape
+    k = min(window, h, w)
+    x = x[..., : h // k * k, : w // k * k]
+    tiles = F.unfold(x, kernel_size=k, stride=k)  # N x (C*k*k) x L
+    return tiles.view(n, c, k * k, -1)
+
+
+def texture_loss(s: torch.Tensor, t: torch.Tensor, kind: str = "gradw1", window: int = 16,
+                 sample_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Distance between the *local texture statistics* of ``s`` and ``t``, blind to where inside a
+    window a texture sits (so a student is not asked to put a teacher's texture at the same pixels).
+
+    ``gradw1``: in each ``window`` x ``window`` tile, the 1-D Wasserstein-1 distance between the
+    distributions of the signed horizontal and vertical Sobel derivatives of Y of ``s`` and ``t``
+    (sort both sets of values, mean absolute difference of the sorted lists). It is zero when the two
+    tiles hold the same derivative values in any arrangement; it rises when ``s`` has fewer or weaker
+    edges than ``t`` (blur) as well as more (noise).
+    ``spectrum``: in each tile, the mean absolute difference of the amplitude spectra (2-D FFT of Y,
+    tile mean removed, orthonormal), which ignores phase and hence position within the tile.
+
+    Per sample the tiles are averaged, then samples are averaged with ``sample_mask`` (see the
+    module's conventions). Computed in float32 outside autocast.
+    """
+    _check_pair(s, t, "texture_loss")
+    if kind not in TEXTURE_KINDS:
+        raise ValueError(f"texture kind must be one of {TEXTURE_KINDS}, got {kind!r}")
+    if window < 2:
+        raise ValueError(f"texture window must be at least 2, got {window}")
+    with _no_autocast(s):
+        if kind == "gradw1":
+            ws = _windows(image_gradients(s), window).sort(dim=2).values
+            wt = _windows(image_gradients(t), window).sort(dim=2).values
+            per_sample = (ws - wt).abs().flatten(1).mean(dim=1)
+        else:
+            k = min(window, s.shape[-2], s.shape[-1])
+
+            def amplitude(x: torch.Tensor) -> torch.Tensor:
+                tiles = _windows(rgb_to_y(x), window)  # N x 1 x k*k x L
+                tiles = tiles - tiles.mean(dim=2, keepdim=True)
+                tiles = tiles.permute(0, 1, 3, 2).reshape(*tiles.shape[:2], tiles.shape[3], k, k)
+                return torch.fft.rfft2(tiles, norm="ortho").abs()
+
+            per_sample = (amplitude(s) - amplitude(t)).abs().flatten(1).mean(dim=1)
+        return _masked_mean(per_sample, _weights(sample_mask, s.shape[0], s))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -28,7 +28,8 @@ class Objective(nn.Module):
 
 class GroundTruthObjective(Objective):
     """Training on ground truth: ``Rate_l1`` * L1(SR, HR), plus for EdgeSRN's second stage
-    ``Rate_lm`` * edge loss(SR, HR) and ``Rate_lpts`` * VGG19 conv5_4 distance(SR, HR); optionally
+    ``Rate_lm`` * edge loss(SR, HR), ``Rate_lpts`` * VGG19 conv5_4 distance(SR, HR) and ``Rate_tex`` *
+    texture-statistics distance(SR, HR) (weight-free, see ``losses.texture_loss``); optionally
     ``Rate_lbp`` * back-projection L1(imresize(SR, 1/scale), LR)."""
 
     def __init__(self, cfg: dict, device: torch.device):
@@ -41,6 +42,8 @@ class GroundTruthObjective(Objective):
         self.w_pts = float(cfg.get("Rate_lpts", 0.0))
         self.w_bp = float(cfg.get("Rate_lbp", 0.0))
         self.edge_kind = cfg.get("edge_kind", "sobel")
+        self.w_tex = float(cfg.get("Rate_tex", 0.0))
+        self.tex_kind, self.tex_window = cfg.get("tex_kind", "gradw1"), int(cfg.get("tex_window", 16))
         self.scale = int(cfg["scale"])
         names = ["l1"]
         if self.w_edge > 0:
@@ -48,6 +51,8 @@ class GroundTruthObjective(Objective):
         if self.w_pts > 0:
             names.append("lpts")
             self.vgg = losses.PerceptualLoss(weights_path=cfg.get("vgg_weights")).to(device)
+        if self.w_tex > 0:
+            names.append("tex")
         if self.w_bp > 0:
             names.append("lbp")
         self.term_names = tuple(names)
@@ -59,6 +64,8 @@ class GroundTruthObjective(Objective):
             terms["edge"] = self.w_edge * self.losses.edge_loss(sr, hr, kind=self.edge_kind)
         if self.w_pts > 0:
             terms["lpts"] = self.w_pts * self.vgg(sr, hr)
+        if self.w_tex > 0:
+            terms["tex"] = self.w_tex * self.losses.texture_loss(sr, hr, self.tex_kind, self.tex_window)
         if self.w_bp > 0:
             terms["lbp"] = self.w_bp * self.losses.backprojection_loss(sr, batch["lr"], self.scale)
         return terms, {}

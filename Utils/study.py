@@ -1,0 +1,605 @@
+"""Seeded studies: arms x seeds of ``main.py`` runs, each evaluated by ``main_for_infer.py``, then
+means with 95% confidence intervals and paired differences to a baseline arm.
+
+    python -m Utils.study studies/finetune_rfdn.yaml            # run (or finish) the study
+    python -m Utils.study studies/finetune_rfdn.yaml --report   # only rebuild the tables and the plot
+
+A study file (YAML; relative paths are relative to the folder you run from, as for ``main.py``)::
+
+    name: finetune_rfdn                 # optional (default: the file's stem)
+    out: studies/finetune_rfdn          # optional (default: studies/<name>)
+    cache: studies/.cache               # optional: decoded-image and teacher caches, shared by studies
+    seeds: [0, 1, 2]
+    baseline: fidelity                  # the arm the paired differences are taken against
+    defaults: {model_name: RFDN, iters: 300, ...}   # main.py flags shared by every arm
+    arms:                               # arm name -> main.py flags over the defaults
+      gt: {}
+      fidelity: {train_by_TT: true, t2_checkpoint: ''}
+    test_folders: [../shared/data/benchmark/Set5/LR_bicubic/X4]
+    test_gt: null                       # optional: one ground-truth folder per test folder
+    metrics: [psnr, ssim, niqe]         # psnr and ssim always; niqe and lpips on request
+    niqe_params: ../shared/data/weights/perceptual/niqe_pris_params.npz   # optional
+    workers: 2                          # parallel runs (default: the number of cores)
+    threads: 1                          # torch threads per run (default 1)
+
+Each run is an ordinary experiment folder ``<out>/exp/<arm>_s<seed>/`` (``--auto_resume``), evaluated
+into ``<out>/eval/<arm>_s<seed>/`` (``summary.csv`` of ``main_for_infer.py``, then ``result.json``,
+written last and atomically: a run with a ``result.json`` is finished and never redone). Killed at
+any moment and restarted, the study resumes interrupted runs exactly where their ``latest.pth``
+stands; a training process dies with the runner (it saves ``latest.pth`` on the way out), and a
+per-run lock keeps two runners from ever training the same run. A run whose flags changed since it
+started is an error, never silently mixed in.
+
+Results in ``<out>/``: ``runs.csv`` (one row per run and test set), ``summary.csv`` (per arm and test
+set: n, mean and 95% Student-t interval of each metric, paired difference to the baseline over the
+seeds both have, its interval and whether it excludes zero), ``summary.md`` and
+``perception_distortion.png`` (PSNR against NIQE, or SSIM, with the intervals as error bars).
+Exit status: 0 when every run finished, 1 when some failed (the others are kept and summarised),
+2 for a bad study file (one line naming the file, the key and the problem; no run is started).
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import fcntl
+import hashlib
+import json
+import logging
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+log = logging.getLogger("study")
+PathLike = Union[str, Path]
+REPO = Path(__file__).resolve().parent.parent
+
+STUDY_KEYS = {"name", "description", "out", "cache", "seeds", "baseline", "defaults", "arms", "test_folders",
+              "test_gt", "metrics", "niqe_params", "workers", "threads"}
+RUNNER_FLAGS = {"name", "experiments_root", "seed", "auto_resume", "resume", "quiet", "config", "Train"}
+METRICS = ("psnr", "ssim", "niqe", "lpips")
+LOWER_IS_BETTER = {"niqe", "lpips"}
+CONFIDENCE = 0.95
+
+
+class StudyError(ValueError):
+    """A bad study file: the message is one line naming the file, the key and the problem."""
+
+
+# ----------------------------------------------------------------------------- the study file
+
+@dataclass
+class Run:
+    """One (arm, seed) training run and its evaluation."""
+
+    arm: str
+    seed: int
+    argv: list[str]
+    exp_dir: Path
+    eval_dir: Path
+    model_name: str
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.arm}_s{self.seed}"
+
+    @property
+    def flags_hash(self) -> str:
+        return hashlib.sha256("\0".join(self.argv).encode()).hexdigest()[:16]
+
+    @property
+    def result_path(self) -> Path:
+        return self.eval_dir / "result.json"
+
+
+@dataclass
+class Study:
+    """A parsed, validated study file."""
+
+    path: Path
+    name: str
+    out: Path
+    seeds: list[int]
+    baseline: str
+    arms: dict[str, dict]
+    test_folders: list[Path]
+    test_gt: Optional[list[Path]]
+    metrics: list[str]
+    niqe_params: Optional[Path]
+    workers: int
+    threads: int
+    runs: list[Run] = field(default_factory=list)
+
+
+def _flag_argv(key: str, value: Any, action: argparse.Action) -> list[str]:
+    """``main.py`` command-line words for one flag value (as YAML gives it)."""
+    opt = action.option_strings[-1]
+    if isinstance(action, argparse._StoreTrueAction):
+        return [opt] if value else []
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        if action.nargs not in ("+", "*"):
+            raise ValueError(f"takes one value, got a list")
+        return [opt, *[str(v) for v in value]]
+    if isinstance(value, dict):
+        raise ValueError("takes a value, got a mapping")
+    return [opt, str(value)]
+
+
+def _check_flags(where: str, flags: Any, actions: dict[str, argparse.Action], path: Path) -> dict:
+    if flags is None:
+        return {}
+    if not isinstance(flags, dict):
+        raise StudyError(f"{path}: {where}: expected a mapping of main.py flags, got {type(flags).__name__}")
+    for key in flags:
+        if key in RUNNER_FLAGS:
+            raise StudyError(f"{path}: {where}.{key}: set by the study runner, not by the study file")
+        if key not in actions:
+            raise StudyError(f"{path}: {where}.{key}: not a main.py flag (python main.py --help lists them)")
+    return dict(flags)
+
+
+def _raising_parser():
+    """``main.py``'s parser, raising instead of exiting on a bad value."""
+    import main as train_cli
+
+    parser = train_cli.build_parser()
+
+    def error(message: str):
+        raise ValueError(message)
+
+    parser.error = error  # type: ignore[method-assign]
+    return parser
+
+
+def load_study(path: PathLike) -> Study:
+    """Read and validate a study file; every problem is a one-line :class:`StudyError`."""
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise StudyError(f"{path}: cannot read the study file ({exc.strerror or exc})") from None
+    except yaml.YAMLError as exc:
+        first = str(exc).strip().splitlines()
+        raise StudyError(f"{path}: not valid YAML ({' '.join(first[:3])})") from None
+    if not isinstance(data, dict):
+        raise StudyError(f"{path}: a study file is a mapping (name, seeds, baseline, defaults, arms, test_folders)")
+    unknown = sorted(set(data) - STUDY_KEYS)
+    if unknown:
+        raise StudyError(f"{path}: {unknown[0]}: unknown key (known: {', '.join(sorted(STUDY_KEYS))})")
+    for key in ("seeds", "baseline", "arms", "test_folders"):
+        if key not in data:
+            raise StudyError(f"{path}: {key}: missing")
+
+    seeds = data["seeds"]
+    if (not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                             for s in seeds)):
+        raise StudyError(f"{path}: seeds: expected a non-empty list of integers, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise StudyError(f"{path}: seeds: repeated seed in {seeds}")
+    parser = _raising_parser()
+    actions = {a.dest: a for a in parser._actions if a.option_strings}
+    defaults = _check_flags("defaults", data.get("defaults"), actions, path)
+    arms_raw = data["arms"]
+    if not isinstance(arms_raw, dict) or not arms_raw:
+        raise StudyError(f"{path}: arms: expected a mapping of arm names to main.py flags")
+    arms = {}
+    for arm, flags in arms_raw.items():
+        if not isinstance(arm, str) or not arm.replace("-", "_").isidentifier():
+            raise StudyError(f"{path}: arms.{arm}: an arm name is letters, digits, '_' or '-'")
+        arms[arm] = _check_flags(f"arms.{arm}", flags, actions, path)
+    baseline = data["baseline"]
+    if baseline not in arms:
+        raise StudyError(f"{path}: baseline: {baseline!r} is not an arm ({', '.join(arms)})")
+
+    metrics = data.get("metrics", ["psnr", "ssim", "niqe"])
+    if not isinstance(metrics, list) or any(m not in METRICS for m in metrics):
+        raise StudyError(f"{path}: metrics: expected a list drawn from {', '.join(METRICS)}, got {metrics!r}")
+    metrics = ["psnr", "ssim"] + [m for m in ("niqe", "lpips") if m in metrics]
+
+    folders = data["test_folders"]
+    if not isinstance(folders, list) or not folders:
+        raise StudyError(f"{path}: test_folders: expected a non-empty list of LR folders")
+    test_folders = [Path(str(f)) for f in folders]
+    for f in test_folders:
+        if not f.is_dir():
+            raise StudyError(f"{path}: test_folders: {f}: no such folder")
+    test_gt = data.get("test_gt")
+    if test_gt is not None:
+        if not isinstance(test_gt, list) or len(test_gt) != len(test_folders):
+            raise StudyError(f"{path}: test_gt: expected one ground-truth folder per test folder")
+        test_gt = [Path(str(g)) for g in test_gt]
+        for g in test_gt:
+            if not g.is_dir():
+                raise StudyError(f"{path}: test_gt: {g}: no such folder")
+    else:
+        from Utils.evaluate import find_gt_folder
+
+        for f in test_folders:
+            if find_gt_folder(f) is None:
+                raise StudyError(f"{path}: test_folders: {f}: no ground truth beside it; give test_gt")
+    niqe = data.get("niqe_params")
+    if niqe is not None and not Path(str(niqe)).is_file():
+        raise StudyError(f"{path}: niqe_params: {niqe}: no such file")
+
+    def positive_int(key: str, default: int) -> int:
+        v = data.get(key, default)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise StudyError(f"{path}: {key}: expected a positive integer, got {v!r}")
+        return v
+
+    name = str(data.get("name") or path.stem)
+    out = Path(str(data.get("out") or Path("studies") / name))
+    cache = Path(str(data.get("cache") or out / "cache"))
+    study = Study(path=path, name=name, out=out, seeds=list(seeds), baseline=baseline, arms=arms,
+                  test_folders=test_folders, test_gt=test_gt, metrics=metrics,
+                  niqe_params=Path(str(niqe)) if niqe is not None else None,
+                  workers=positive_int("workers", os.cpu_count() or 1), threads=positive_int("threads", 1))
+
+    for arm, flags in arms.items():
+        merged = {**defaults, **flags}
+        merged.setdefault("cache_dir", str(cache / "decoded"))
+        if str(merged.get("train_by_TT", False)).lower() in ("true", "1", "yes"):
+            merged.setdefault("teacher_cache", str(cache / "teachers"))
+        merged.setdefault("valid_dataset", "")
+        for key, value in merged.items():
+            if key in ("checkpoint", "t1_checkpoint", "t2_checkpoint") and value:
+                if not Path(str(value)).is_file():
+                    raise StudyError(f"{path}: arms.{arm}.{key}: {value}: no such file")
+        for seed in seeds:
+            argv: list[str] = []
+            for key, value in sorted(merged.items()):
+                try:
+                    argv += _flag_argv(key, value, actions[key])
+                except ValueError as exc:
+                    raise StudyError(f"{path}: arms.{arm}.{key}: {exc}") from None
+            run_id = f"{arm}_s{seed}"
+            argv += ["--seed", str(seed), "--name", run_id, "--experiments_root", str(out / "exp"),
+                     "--auto_resume", "--quiet"]
+            try:
+                ns = parser.parse_args(argv)
+            except ValueError as exc:
+                raise StudyError(f"{path}: arms.{arm}: {exc}") from None
+            study.runs.append(Run(arm, seed, argv, out / "exp" / run_id, out / "eval" / run_id, ns.model_name))
+    return study
+
+
+# ----------------------------------------------------------------------------- running
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: the training process gets SIGTERM (and saves latest.pth) when the runner dies."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _child_env(threads: int) -> dict[str, str]:
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env[var] = str(threads)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _run_logged(cmd: list[str], log_path: Path, env: dict, lock_fd: int) -> int:
+    with open(log_path, "ab") as out:
+        out.write(f"\n$ {' '.join(cmd)}\n".encode())
+        out.flush()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, pass_fds=(lock_fd,),
+                                preexec_fn=_die_with_parent, stdin=subprocess.DEVNULL)
+        return proc.wait()
+
+
+def read_result(run: Run) -> Optional[dict]:
+    """The finished run's result, None if it has not finished; an error if its flags changed since."""
+    if not run.result_path.is_file():
+        return None
+    result = json.loads(run.result_path.read_text())
+    if result.get("flags_hash") != run.flags_hash:
+        raise StudyError(f"{run.result_path}: run {run.run_id} was made with other flags than the study file "
+                         f"now gives; use another 'out' folder or delete {run.exp_dir} and {run.eval_dir}")
+    return result
+
+
+def _check_started_flags(run: Run) -> None:
+    marker = run.exp_dir / "study_run.json"
+    if marker.is_file():
+        old = json.loads(marker.read_text()).get("flags_hash")
+        if old != run.flags_hash:
+            raise StudyError(f"{marker}: run {run.run_id} was started with other flags than the study file now "
+                             f"gives; use another 'out' folder or delete {run.exp_dir}")
+
+
+def execute_run(study: Study, run: Run) -> dict:
+    """Train (or resume) one run and evaluate its final weights; returns its result (also on disk)."""
+    run.exp_dir.mkdir(parents=True, exist_ok=True)
+    run.eval_dir.mkdir(parents=True, exist_ok=True)
+    lock_path = run.exp_dir.parent / f".{run.run_id}.lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning("%s: another process is running it; waiting for it to finish", run.run_id)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.set_inheritable(fd, True)
+        done = read_result(run)
+        if done is not None:
+            return done
+        _check_started_flags(run)
+        _write_json_atomic(run.exp_dir / "study_run.json",
+                           {"arm": run.arm, "seed": run.seed, "flags_hash": run.flags_hash,
+                            "command": ["python", "main.py", *run.argv]})
+        env = _child_env(study.threads)
+        final = run.exp_dir / "weights" / "final.pth"
+        t0 = time.perf_counter()
+        if not final.is_file():
+            rc = _run_logged([sys.executable, str(REPO / "main.py"), *run.argv], run.exp_dir / "stdout.log", env, fd)
+            if rc != 0 or not final.is_file():
+                raise RuntimeError(f"training exited with status {rc}; see {run.exp_dir / 'stdout.log'}")
+        t_train = time.perf_counter() - t0
+        cmd = [sys.executable, str(REPO / "main_for_infer.py"), "--model_name", run.model_name, "--checkpoint",
+               str(final), "--output_folder", str(run.eval_dir), "--no_save", "--quiet",
+               "--test_folder", *map(str, study.test_folders)]
+        if study.test_gt:
+            cmd += ["--gt_folder", *map(str, study.test_gt)]
+        if "niqe" not in study.metrics:
+            cmd.append("--no_niqe")
+        elif study.niqe_params is not None:
+            cmd += ["--niqe_params", str(study.niqe_params)]
+        if "lpips" in study.metrics:
+            cmd.append("--lpips")
+        if "--cpu" in run.argv:
+            cmd.append("--cpu")
+        t1 = time.perf_counter()
+        rc = _run_logged(cmd, run.eval_dir / "stdout.log", env, fd)
+        summary = run.eval_dir / "summary.csv"
+        if rc != 0 or not summary.is_file():
+            raise RuntimeError(f"evaluation exited with status {rc}; see {run.eval_dir / 'stdout.log'}")
+        rows = pd.read_csv(summary).to_dict("records")
+        train_log = run.exp_dir / "log.csv"
+        elapsed = float(pd.read_csv(train_log)["elapsed"].dropna().iloc[-1]) if train_log.is_file() else math.nan
+        result = {"arm": run.arm, "seed": run.seed, "flags_hash": run.flags_hash, "rows": rows,
+                  "train_seconds": elapsed, "wall_train_seconds": t_train,
+                  "eval_seconds": time.perf_counter() - t1, "weights": str(final)}
+        _write_json_atomic(run.result_path, result)  # last: its presence means "finished"
+        return result
+    finally:
+        os.close(fd)
+
+
+def run_study(study: Study, progress: bool = True) -> list[str]:
+    """Run every unfinished run (``study.workers`` at a time); returns the ids of the runs that failed."""
+    from tqdm import tqdm
+
+    for run in study.runs:  # before any run: a changed study file is an error, not a silent mix
+        read_result(run)
+        _check_started_flags(run)
+    todo = [r for r in study.runs if not r.result_path.is_file()]
+    log.info("study %s: %d runs, %d finished, %d to do (%d at a time, %d thread(s) each) -> %s", study.name,
+             len(study.runs), len(study.runs) - len(todo), len(todo), study.workers, study.threads, study.out)
+    failed: list[str] = []
+    bar = tqdm(total=len(study.runs), initial=len(study.runs) - len(todo), desc=f"study {study.name}",
+               disable=not progress, dynamic_ncols=True, unit="run")
+    with ThreadPoolExecutor(max_workers=study.workers) as pool:
+        futures = {pool.submit(execute_run, study, run): run for run in todo}
+        for fut in as_completed(futures):
+            run = futures[fut]
+            try:
+                res = fut.result()
+                log.info("%s finished (train %.0f s, eval %.0f s)", run.run_id, res["wall_train_seconds"],
+                         res["eval_seconds"])
+            except Exception as exc:  # one failed run must not stop the others
+                failed.append(run.run_id)
+                log.error("%s failed: %s", run.run_id, exc)
+            bar.update(1)
+    bar.close()
+    return failed
+
+
+# ----------------------------------------------------------------------------- statistics
+
+def collect_runs(study: Study) -> pd.DataFrame:
+    """One row per finished run and test set: arm, seed, dataset, the metrics, seconds."""
+    rows = []
+    for run in study.runs:
+        res = read_result(run)
+        if res is None:
+            continue
+        for r in res["rows"]:
+            rows.append({"arm": run.arm, "seed": run.seed, "dataset": r["dataset"],
+                         **{m: r.get(m, math.nan) for m in study.metrics},
+                         "train_seconds": res["train_seconds"], "eval_seconds": res["eval_seconds"]})
+    return pd.DataFrame(rows, columns=["arm", "seed", "dataset", *study.metrics, "train_seconds", "eval_seconds"])
+
+
+def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float, int]:
+    """(mean, half-width of the Student-t interval, n); the half-width is NaN for fewer than two values."""
+    x = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=np.float64)
+    n = len(x)
+    if n == 0:
+        return math.nan, math.nan, 0
+    if n < 2:
+        return float(x.mean()), math.nan, 1
+    half = stats.t.ppf(0.5 + confidence / 2, n - 1) * x.std(ddof=1) / math.sqrt(n)
+    return float(x.mean()), float(half), n
+
+
+def summarize(runs: pd.DataFrame, baseline: str, metrics: Sequence[str],
+              confidence: float = CONFIDENCE) -> pd.DataFrame:
+    """Per (arm, dataset): n, mean and t-interval half-width of each metric, and the paired difference
+    (arm minus baseline, over the seeds both have) with its interval and whether it excludes zero."""
+    out = []
+    arms = list(dict.fromkeys(runs["arm"]))
+    for dataset in dict.fromkeys(runs["dataset"]):
+        ds = runs[runs["dataset"] == dataset]
+        base = ds[ds["arm"] == baseline].set_index("seed")
+        for arm in arms:
+            cur = ds[ds["arm"] == arm].set_index("seed")
+            if cur.empty:
+                continue
+            row: dict[str, Any] = {"arm": arm, "dataset": dataset, "n": len(cur)}
+            for m in metrics:
+                row[f"{m}_mean"], row[f"{m}_ci"], _ = t_interval(cur[m].tolist(), confidence)
+                seeds = cur.index.intersection(base.index)
+                if arm == baseline or len(seeds) == 0:
+                    row[f"{m}_diff"] = row[f"{m}_diff_ci"] = math.nan
+                    row[f"{m}_sig"] = False
+                    row[f"{m}_pairs"] = 0 if arm != baseline else len(seeds)
+                    continue
+                d, half, n = t_interval((cur.loc[seeds, m] - base.loc[seeds, m]).tolist(), confidence)
+                row[f"{m}_diff"], row[f"{m}_diff_ci"], row[f"{m}_pairs"] = d, half, n
+                row[f"{m}_sig"] = bool(n >= 2 and not math.isnan(half) and abs(d) > half)
+            out.append(row)
+    return pd.DataFrame(out)
+
+
+_DIGITS = {"psnr": 3, "ssim": 4, "niqe": 3, "lpips": 4}
+_TITLES = {"psnr": "PSNR", "ssim": "SSIM", "niqe": "NIQE ↓", "lpips": "LPIPS ↓"}
+
+
+def _pm(mean: float, half: float, digits: int, signed: bool = False) -> str:
+    if math.isnan(mean):
+        return "–"
+    text = f"{mean:+.{digits}f}" if signed else f"{mean:.{digits}f}"
+    return text if math.isnan(half) else f"{text} ± {half:.{digits}f}"
+
+
+def summary_markdown(summary: pd.DataFrame, baseline: str, metrics: Sequence[str],
+                     descriptions: Optional[dict[str, str]] = None) -> str:
+    """One markdown table per test set: mean ± 95% half-width, and paired differences to the baseline
+    (``*``: the interval excludes zero)."""
+    parts = []
+    for dataset, ds in summary.groupby("dataset", sort=False):
+        head = ["arm", "n", *[_TITLES[m] for m in metrics], *[f"Δ{_TITLES[m].split()[0]} vs {baseline}" for m in metrics]]
+        lines = [f"**{dataset}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for _, r in ds.iterrows():
+            cells = [str(r["arm"]), str(int(r["n"]))]
+            cells += [_pm(r[f"{m}_mean"], r[f"{m}_ci"], _DIGITS[m]) for m in metrics]
+            for m in metrics:
+                if r["arm"] == baseline:
+                    cells.append("(baseline)")
+                else:
+                    cells.append(_pm(r[f"{m}_diff"], r[f"{m}_diff_ci"], _DIGITS[m], signed=True)
+                                 + (" *" if r[f"{m}_sig"] else ""))
+            lines.append("| " + " | ".join(cells) + " |")
+        parts.append("\n".join(lines))
+    note = (f"Means over seeds ± the half-width of the {CONFIDENCE:.0%} Student-t interval; Δ: paired difference "
+            f"(arm − {baseline}, same seeds), * where its interval excludes zero.")
+    if descriptions:
+        note += "\n\n" + "\n".join(f"- `{a}`: {d}" for a, d in descriptions.items())
+    return "\n\n".join(parts) + "\n\n" + note + "\n"
+
+
+def plot_summary(summary: pd.DataFrame, path: PathLike, title: str = "") -> Path:
+    """Perception-distortion plane per test set: PSNR (x) against NIQE (or LPIPS, or SSIM) with 95% error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ycol = next((m for m in ("niqe", "lpips", "ssim") if f"{m}_mean" in summary
+                 and summary[f"{m}_mean"].notna().any()), "ssim")
+    datasets = list(dict.fromkeys(summary["dataset"]))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5.2 * len(datasets), 4.4), squeeze=False)
+    arms = list(dict.fromkeys(summary["arm"]))
+    colors = plt.get_cmap("tab10")
+    for ax, dataset in zip(axes[0], datasets):
+        ds = summary[summary["dataset"] == dataset]
+        for i, arm in enumerate(arms):
+            r = ds[ds["arm"] == arm]
+            if r.empty:
+                continue
+            r = r.iloc[0]
+            ax.errorbar(r["psnr_mean"], r[f"{ycol}_mean"], xerr=np.nan_to_num(r["psnr_ci"]),
+                        yerr=np.nan_to_num(r[f"{ycol}_ci"]), fmt="o", capsize=3, color=colors(i % 10), label=arm)
+        ax.set_xlabel("PSNR (dB, Y) →")
+        ax.set_ylabel(f"{_TITLES[ycol]}" + ("" if ycol in LOWER_IS_BETTER else " →"))
+        ax.set_title(f"{title} {dataset}".strip())
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def write_report(study: Study) -> Optional[pd.DataFrame]:
+    """``runs.csv``, ``summary.csv``, ``summary.md`` and ``perception_distortion.png`` from the finished runs."""
+    runs = collect_runs(study)
+    if runs.empty:
+        log.warning("study %s: no finished run yet", study.name)
+        return None
+    study.out.mkdir(parents=True, exist_ok=True)
+    runs.to_csv(study.out / "runs.csv", index=False, float_format="%.6f")
+    summary = summarize(runs, study.baseline, study.metrics)
+    summary.to_csv(study.out / "summary.csv", index=False, float_format="%.6f")
+    per_run = runs.drop_duplicates(["arm", "seed"])
+    timing = (f"\n{len(per_run)} runs: {per_run['train_seconds'].sum() / 60:.1f} min of training and "
+              f"{per_run['eval_seconds'].sum() / 60:.1f} min of evaluation in total (summed over runs).\n")
+    (study.out / "summary.md").write_text(f"# Study `{study.name}`\n\n" + summary_markdown(
+        summary, study.baseline, study.metrics) + timing)
+    plot_summary(summary, study.out / "perception_distortion.png", title=study.name)
+    return summary
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("study", help="study file (YAML)")
+    p.add_argument("--report", action="store_true", help="only rebuild the tables and the plot from finished runs")
+    p.add_argument("--workers", type=int, default=None, help="parallel runs (overrides the study file)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    try:
+        study = load_study(args.study)
+        if args.workers is not None:
+            if args.workers < 1:
+                raise StudyError(f"--workers must be at least 1, got {args.workers}")
+            study.workers = args.workers
+        t0 = time.perf_counter()
+        failed = [] if args.report else run_study(study, progress=not args.quiet)
+        summary = write_report(study)
+    except StudyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not args.report:
+        log.info("study %s: wall time %.1f min", study.name, (time.perf_counter() - t0) / 60)
+    if summary is not None:
+        print(summary_markdown(summary, study.baseline, study.metrics))
+        log.info("results: %s (runs.csv, summary.csv, summary.md, perception_distortion.png)", study.out)
+    if failed:
+        log.error("%d run(s) failed: %s (the others are kept; run the study again to retry them)",
+                  len(failed), ", ".join(failed))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

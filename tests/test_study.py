@@ -1,0 +1,215 @@
+"""The study runner: aggregation against hand-computed values, exact kill-and-restart, bad study files."""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from Utils import study as st
+
+REPO = Path(__file__).resolve().parents[1]
+T_975_2 = 4.302652729911275  # Student t quantile 0.975 with 2 degrees of freedom (tables: 4.303)
+
+
+# ----------------------------------------------------------------------------- aggregation
+
+def _runs_frame() -> pd.DataFrame:
+    rows = []
+    base = {0: (30.0, 0.80, 6.0), 1: (30.2, 0.81, 6.2), 2: (30.4, 0.82, 6.4)}
+    arm = {0: (30.1, 0.80, 5.5), 1: (30.4, 0.815, 5.6), 2: (30.55, 0.83, 5.8)}
+    for name, vals in (("base", base), ("new", arm)):
+        for seed, (p, s, n) in vals.items():
+            rows.append({"arm": name, "seed": seed, "dataset": "Set5", "psnr": p, "ssim": s, "niqe": n})
+    rows.append({"arm": "new", "seed": 3, "dataset": "Set5", "psnr": 99.0, "ssim": 0.9, "niqe": 1.0})  # unpaired
+    return pd.DataFrame(rows)
+
+
+def test_summary_means_intervals_and_paired_differences_by_hand():
+    s = st.summarize(_runs_frame(), "base", ["psnr", "ssim", "niqe"]).set_index("arm")
+    # baseline PSNR 30.0, 30.2, 30.4: mean 30.2, sd 0.2, half-width t * 0.2 / sqrt(3)
+    assert s.loc["base", "n"] == 3
+    assert s.loc["base", "psnr_mean"] == pytest.approx(30.2, abs=1e-12)
+    assert s.loc["base", "psnr_ci"] == pytest.approx(T_975_2 * 0.2 / math.sqrt(3), rel=1e-9)
+    assert math.isnan(s.loc["base", "psnr_diff"]) and not s.loc["base", "psnr_sig"]
+    # "new" has 4 seeds; its own mean uses all four
+    assert s.loc["new", "n"] == 4
+    assert s.loc["new", "psnr_mean"] == pytest.approx((30.1 + 30.4 + 30.55 + 99.0) / 4, abs=1e-12)
+    # paired PSNR differences over seeds 0..2 only: 0.1, 0.2, 0.15 -> mean 0.15, sd 0.05
+    assert s.loc["new", "psnr_pairs"] == 3
+    assert s.loc["new", "psnr_diff"] == pytest.approx(0.15, abs=1e-12)
+    assert s.loc["new", "psnr_diff_ci"] == pytest.approx(T_975_2 * 0.05 / math.sqrt(3), rel=1e-9)
+    assert s.loc["new", "psnr_sig"]  # 0.15 > 0.1242
+    # NIQE differences -0.5, -0.6, -0.6: mean -0.5667, sd 0.05774 -> interval excludes zero
+    d = np.array([-0.5, -0.6, -0.6])
+    assert s.loc["new", "niqe_diff"] == pytest.approx(d.mean(), abs=1e-12)
+    assert s.loc["new", "niqe_diff_ci"] == pytest.approx(T_975_2 * d.std(ddof=1) / math.sqrt(3), rel=1e-9)
+    assert s.loc["new", "niqe_sig"]
+    # SSIM differences 0, 0.005, 0.01: mean 0.005, sd 0.005 -> half 0.0124 > 0.005: not significant
+    assert s.loc["new", "ssim_diff"] == pytest.approx(0.005, abs=1e-12)
+    assert not s.loc["new", "ssim_sig"]
+
+
+def test_t_interval_edge_cases():
+    assert st.t_interval([]) [2] == 0
+    mean, half, n = st.t_interval([1.5])
+    assert (mean, n) == (1.5, 1) and math.isnan(half)
+    mean, half, n = st.t_interval([1.0, 3.0])  # sd sqrt(2), t(0.975, 1) = 12.7062
+    assert half == pytest.approx(12.706204736174696 * math.sqrt(2) / math.sqrt(2), rel=1e-9)
+
+
+def test_markdown_marks_significant_differences():
+    summary = st.summarize(_runs_frame(), "base", ["psnr", "ssim", "niqe"])
+    md = st.summary_markdown(summary, "base", ["psnr", "ssim", "niqe"])
+    new_line = next(line for line in md.splitlines() if line.startswith("| new "))
+    cells = [c.strip() for c in new_line.strip("|").split("|")]
+    assert cells[5].endswith("*") and cells[5].startswith("+0.150 ±")  # ΔPSNR
+    assert not cells[6].endswith("*")  # ΔSSIM
+    assert cells[7].startswith("-0.567") and cells[7].endswith("*")  # ΔNIQE
+    assert "(baseline)" in next(line for line in md.splitlines() if line.startswith("| base "))
+
+
+# ----------------------------------------------------------------------------- running
+
+def _write_images(folder: Path, n: int, size: int, seed: int) -> list[np.ndarray]:
+    from Utils.image_io import write_image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    imgs = []
+    for i in range(n):
+        img = np.zeros((size, size, 3))
+        for c in range(3):
+            for _ in range(4):
+                fx, fy, ph = rng.uniform(0.02, 0.4, 2).tolist() + [rng.uniform(0, 6.3)]
+                img[..., c] += np.sin(fx * xx + fy * yy + ph)
+        img = np.clip(127.5 + 30 * img + rng.normal(0, 6, img.shape), 0, 255).astype(np.uint8)
+        write_image(folder / f"im{i}.png", img)
+        imgs.append(img)
+    return imgs
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    """Synthetic training images (HR and MATLAB-bicubic x4 LR) and a two-image test set, EDSR layout."""
+    from Utils.image_io import write_image
+    from Utils.imresize import imresize
+
+    root = tmp_path_factory.mktemp("study_data")
+    for part, n, size, seed in (("train", 4, 96, 0), ("test", 2, 64, 1)):
+        for i, hr in enumerate(_write_images(root / part / "HR", n, size, seed)):
+            write_image(root / part / "LR_bicubic" / "X4" / f"im{i}x4.png", imresize(hr, 0.25))
+    return root
+
+
+def _study_file(data: Path, out: Path, path: Path, **over) -> Path:
+    spec = {
+        "name": "tiny", "out": str(out), "cache": str(out.parent / "cache"), "seeds": [0, 1],
+        "baseline": "gt", "workers": 1, "metrics": ["psnr", "ssim"],
+        "defaults": {"model_name": "RFDN", "train_hr": [str(data / "train" / "HR")],
+                     "train_lr": [str(data / "train" / "LR_bicubic" / "X4")], "patch_size": 64,
+                     "batch_size": 2, "iters": 6, "save_every": 2, "lr": 1e-3, "num_workers": 0, "cpu": True},
+        "arms": {"gt": {}, "edge": {"Rate_lm": 0.1, "Rate_tex": 0.5}},
+        "test_folders": [str(data / "test" / "LR_bicubic" / "X4")],
+    }
+    spec.update(over)
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _cli(study_file: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "Utils.study", str(study_file), "--quiet"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_killed_study_restarts_to_the_same_summary_without_redoing_finished_runs(tiny_data, tmp_path):
+    ref_file = _study_file(tiny_data, tmp_path / "ref", tmp_path / "ref.yaml")
+    proc = _cli(ref_file)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    ref = pd.read_csv(tmp_path / "ref" / "summary.csv")
+    assert len(pd.read_csv(tmp_path / "ref" / "runs.csv")) == 4
+    assert (tmp_path / "ref" / "perception_distortion.png").stat().st_size > 0
+
+    study_file = _study_file(tiny_data, tmp_path / "cut", tmp_path / "cut.yaml")
+    first = tmp_path / "cut" / "eval" / "gt_s0" / "result.json"
+    proc = _cli(study_file)
+    deadline = time.time() + 300
+    while not first.is_file() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert first.is_file(), "the first run never finished"
+    time.sleep(1.0)  # the second run is starting or training
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stamp = (first.stat().st_mtime_ns, first.read_text())
+    weights = tmp_path / "cut" / "exp" / "gt_s0" / "weights" / "final.pth"
+    w_stamp = weights.stat().st_mtime_ns
+    log_before = (tmp_path / "cut" / "exp" / "gt_s0" / "log.csv").read_text()
+
+    proc = _cli(study_file)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    assert "1 finished, 3 to do" in out
+    assert (first.stat().st_mtime_ns, first.read_text()) == stamp  # finished run not redone
+    assert weights.stat().st_mtime_ns == w_stamp
+    assert (tmp_path / "cut" / "exp" / "gt_s0" / "log.csv").read_text() == log_before
+    cut = pd.read_csv(tmp_path / "cut" / "summary.csv")
+    pd.testing.assert_frame_equal(cut, ref)  # exact resume: the same numbers
+
+    # a third start finds everything finished and trains nothing
+    proc = _cli(study_file)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and "4 finished, 0 to do" in out, out
+
+
+def test_changed_arm_flags_are_an_error_not_a_silent_mix(tiny_data, tmp_path):
+    out = tmp_path / "s"
+    run = out / "exp" / "gt_s0"
+    run.mkdir(parents=True)
+    (run / "study_run.json").write_text('{"flags_hash": "0000"}')
+    f = _study_file(tiny_data, out, tmp_path / "s.yaml")
+    with pytest.raises(st.StudyError, match="started with other flags"):
+        st.run_study(st.load_study(f), progress=False)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"arms": {"gt": {"Rate_l": 1}}}, "arms.gt.Rate_l: not a main.py flag"),
+    ({"arms": {"gt": {"seed": 3}}}, "arms.gt.seed: set by the study runner"),
+    ({"baseline": "nope"}, "baseline: 'nope' is not an arm"),
+    ({"seeds": [0, 0]}, "seeds: repeated seed"),
+    ({"seeds": "0"}, "seeds: expected a non-empty list of integers"),
+    ({"metrics": ["psnr", "fid"]}, "metrics: expected a list"),
+    ({"test_folders": ["/no/such/folder"]}, "test_folders: /no/such/folder: no such folder"),
+    ({"arms": {"gt": {"lr": "fast"}}}, "arms.gt: argument --lr: invalid float value"),
+    ({"arms": {"gt": {"t1_checkpoint": "/no/such.pth"}}}, "arms.gt.t1_checkpoint: /no/such.pth: no such file"),
+    ({"workers": 0}, "workers: expected a positive integer"),
+    ({"colour": 1}, "colour: unknown key"),
+])
+def test_bad_study_file_is_one_line_and_exit_2(tiny_data, tmp_path, capsys, change, message):
+    f = _study_file(tiny_data, tmp_path / "bad", tmp_path / "bad.yaml", **change)
+    assert st.main([str(f)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert str(f) in err and message in err, err
+    assert not (tmp_path / "bad" / "exp").exists()  # no run started
+
+
+def test_missing_key_and_bad_yaml(tmp_path, capsys):
+    f = tmp_path / "s.yaml"
+    f.write_text("seeds: [0]\nbaseline: a\narms: {a: {}}\n")
+    assert st.main([str(f)]) == 2
+    assert "test_folders: missing" in capsys.readouterr().err
+    f.write_text("seeds: [0\n")
+    assert st.main([str(f)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not valid YAML" in err
