@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .metrics import _check_pair, _crop
+from Utils.image_ops import check_pair, shave
 
 log = logging.getLogger(__name__)
 
@@ -222,9 +222,9 @@ def calculate_lpips(img: np.ndarray, img2: np.ndarray, crop_border: int = 0,
     ``model`` defaults to :func:`get_lpips_model` (published weights, cached per device); lower
     is more similar, 0 for identical images.
     """
-    _check_pair(img, img2)
-    a = _crop(img, crop_border, MIN_SIDE)
-    b = _crop(img2, crop_border, MIN_SIDE)
+    check_pair(img, img2)
+    a = shave(img, crop_border, MIN_SIDE)
+    b = shave(img2, crop_border, MIN_SIDE)
     if model is None:
         model = get_lpips_model()
     device = next(model.parameters()).device

@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from Utils.image_ops import check_image, check_pair, shave
+
 log = logging.getLogger(__name__)
 
 # ITU-R BT.601 luma for 0-255 inputs (MATLAB rgb2ycbcr), applied to R, G, B in that order.
@@ -46,42 +48,8 @@ _SSIM_TAPS = _gaussian_kernel_1d()
 
 
 # --------------------------------------------------------------------------------------------
-# validation and preparation
+# luma and the planes to measure
 # --------------------------------------------------------------------------------------------
-def _check_image(img: np.ndarray, name: str = "img") -> None:
-    """Raise ValueError unless ``img`` is a uint8 HxWx3 array."""
-    if not isinstance(img, np.ndarray):
-        raise ValueError(f"{name} must be a numpy array, got {type(img).__name__}")
-    if img.dtype != np.uint8:
-        raise ValueError(f"{name} must be uint8 (0-255), got dtype {img.dtype}")
-    if img.ndim != 3 or img.shape[2] != 3:
-        raise ValueError(f"{name} must be an HxWx3 RGB array, got shape {img.shape}")
-
-
-def _check_pair(img: np.ndarray, img2: np.ndarray) -> None:
-    """Raise ValueError unless both are uint8 HxWx3 arrays of the same shape."""
-    _check_image(img, "img")
-    _check_image(img2, "img2")
-    if img.shape != img2.shape:
-        raise ValueError(f"image shapes differ: img {img.shape} vs img2 {img2.shape}")
-
-
-def _crop(img: np.ndarray, crop_border: int, min_size: int = 1) -> np.ndarray:
-    """View of ``img`` without ``crop_border`` pixels on each side; at least ``min_size`` left."""
-    if isinstance(crop_border, bool) or int(crop_border) != crop_border or crop_border < 0:
-        raise ValueError(f"crop_border must be a non-negative integer, got {crop_border!r}")
-    crop_border = int(crop_border)
-    h, w = img.shape[:2]
-    left_h, left_w = h - 2 * crop_border, w - 2 * crop_border
-    if left_h < min_size or left_w < min_size:
-        raise ValueError(
-            f"crop_border={crop_border} leaves a {max(left_h, 0)}x{max(left_w, 0)} region of the "
-            f"{h}x{w} image; at least {min_size}x{min_size} is needed")
-    if crop_border == 0:
-        return img
-    return img[crop_border:h - crop_border, crop_border:w - crop_border]
-
-
 def rgb2y(img: np.ndarray, round_y: bool = False) -> np.ndarray:
     """Luma of an HxWx3 RGB array with 0-255 values, as float64 HxW.
 
@@ -113,9 +81,9 @@ def calculate_psnr(img: np.ndarray, img2: np.ndarray, crop_border: int,
     ``crop_border`` pixels are removed from each side first; with ``test_y_channel`` the
     measure is on the luma plane (see :func:`rgb2y`), otherwise on all three RGB planes.
     """
-    _check_pair(img, img2)
-    a = _channels(_crop(img, crop_border), test_y_channel, round_y)
-    b = _channels(_crop(img2, crop_border), test_y_channel, round_y)
+    check_pair(img, img2)
+    a = _channels(shave(img, crop_border), test_y_channel, round_y)
+    b = _channels(shave(img2, crop_border), test_y_channel, round_y)
     mse = float(np.mean((a - b) ** 2))
     if mse == 0.0:
         return float("inf")
@@ -154,9 +122,9 @@ def calculate_ssim(img: np.ndarray, img2: np.ndarray, crop_border: int,
     reference do. On RGB (``test_y_channel=False``) the three per-channel SSIMs are averaged.
     The cropped region must be at least 11x11.
     """
-    _check_pair(img, img2)
-    a = _channels(_crop(img, crop_border, SSIM_WINDOW), test_y_channel, round_y)
-    b = _channels(_crop(img2, crop_border, SSIM_WINDOW), test_y_channel, round_y)
+    check_pair(img, img2)
+    a = _channels(shave(img, crop_border, SSIM_WINDOW), test_y_channel, round_y)
+    b = _channels(shave(img2, crop_border, SSIM_WINDOW), test_y_channel, round_y)
     return float(_ssim_planes(a, b).mean())
 
 
@@ -173,8 +141,8 @@ def calculate_average_gradient(img: np.ndarray, crop_border: int = 0,
     averaged over the channels. A higher value means more high-frequency detail (sharper, or
     noisier). The cropped region must be at least 2x2.
     """
-    _check_image(img, "img")
-    planes = _channels(_crop(img, crop_border, 2), test_y_channel, round_y=False)
+    check_image(img, "img")
+    planes = _channels(shave(img, crop_border, 2), test_y_channel, round_y=False)
     base = planes[:, :-1, :-1]
     dx = planes[:, :-1, 1:] - base
     dy = planes[:, 1:, :-1] - base
