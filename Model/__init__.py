@@ -1,23 +1,37 @@
-"""Model zoo: one registry of presets, and ``get_model`` to build (and load) any of them.
+"""Model zoo: one registry of presets, ``get_model`` to build (and load) any of them, and the
+detection of which preset and scale a checkpoint belongs to.
 
 Every preset is a plain ``nn.Module`` that takes and returns RGB in [0, 1] (NCHW float).
 Families live in their own modules and are imported lazily, so that one broken optional
 module never breaks the whole package.
 
     >>> from Model import get_model
-    >>> net = get_model("RFDN", checkpoint="DTKD-RFDN.pth")
+    >>> net = get_model("RFDN", checkpoint="DTKD-RFDN.pth")     # scale read from the file's shapes
+    >>> net = get_model("auto", checkpoint="IMDN_x2.pth")       # preset and scale read from the file
+
+Dependencies run one way: this package uses :mod:`Utils.checkpoint` (reading, canonicalising,
+strict loading), which knows nothing of the registry; a :class:`Preset` hands it the family's
+key conversion and the hint for a mismatch.
 """
 from __future__ import annotations
 
 import importlib
+import logging
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
-from typing import Optional, Union
+from typing import Iterable, Mapping, Optional, Union
 
 import torch
 import torch.nn as nn
 
-__all__ = ["Preset", "MODELS", "get_model", "get_preset", "build_model", "preset_names"]
+__all__ = ["Preset", "MODELS", "SCALES", "CheckpointFit", "LoadedModel", "get_model", "load_model", "get_preset",
+           "build_model", "preset_names", "checkpoint_fits", "detect_checkpoint"]
+
+log = logging.getLogger(__name__)
+
+SCALES = (2, 3, 4)  # the scales the framework handles end to end
+AUTO = "auto"  # model name that detects the preset (and scale) from the checkpoint
 
 
 @dataclass(frozen=True)
@@ -25,24 +39,34 @@ class Preset:
     """A named configuration of an architecture, with the paper's constructor arguments.
 
     ``factory`` is ``"module:Class"`` relative to this package; ``kwargs`` are the paper's
-    arguments; ``pad_multiple`` is what the input size must be a multiple of (SwinIR: its
-    window); ``half_ok`` says whether float16 autocast is safe (SwinIR overflows in fp16).
+    arguments; ``scales`` the scales the architecture is defined for; ``pad_multiple`` is what
+    the input size must be a multiple of (SwinIR: its window); ``half_ok`` says whether float16
+    autocast is safe (SwinIR overflows in fp16). ``converter`` (``"module:function"``) renames a
+    foreign key layout to ours and names the layout it found; ``checkpoint_filter`` adapts a state
+    dict to a built model (e.g. fills derivable buffers, whose key suffixes are ``optional_keys``).
     """
 
     name: str
     factory: str
     kwargs: dict = field(default_factory=dict)
     role: str = "baseline"
+    scales: tuple[int, ...] = SCALES
     pad_multiple: int = 1
     half_ok: bool = True
-    checkpoint_filter: Optional[str] = None  # "module:function" that adapts a state dict
+    converter: Optional[str] = None
+    checkpoint_filter: Optional[str] = None
+    optional_keys: tuple[str, ...] = ()
     reference: str = ""
+
+    def _function(self, spec: str):
+        module_name, fn_name = spec.split(":")
+        return getattr(importlib.import_module(f"{__name__}.{module_name}"), fn_name)
 
     def build(self, scale: int = 4) -> nn.Module:
         """Instantiate the architecture (random weights) for the given scale."""
-        module_name, cls_name = self.factory.split(":")
-        module = importlib.import_module(f"{__name__}.{module_name}")
-        return getattr(module, cls_name)(upscale=scale, **self.kwargs)
+        if scale not in self.scales:
+            raise ValueError(f"{self.name} is defined for {', '.join(f'x{s}' for s in self.scales)}, not x{scale}")
+        return self._function(self.factory)(upscale=scale, **self.kwargs)
 
     def build_meta(self, scale: int = 4) -> nn.Module:
         """Build without memory or init cost on the meta device (for shapes and operation counts).
@@ -56,13 +80,32 @@ class Preset:
         except (NotImplementedError, RuntimeError):
             return self.build(scale).to("meta")
 
+    def convert_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> tuple[dict, Optional[str]]:
+        """``(state dict in our key names, layout found)``; the layout is None for families with one layout."""
+        if self.converter is None:
+            return dict(state_dict), None
+        return self._function(self.converter)(dict(state_dict))
+
     def filter_state_dict(self, state_dict: dict, model: nn.Module) -> dict:
-        """Apply the family's format adapter (e.g. add SwinIR's derivable buffers)."""
+        """Convert a foreign key layout (logging the layout found) and apply the family's adapter."""
+        state_dict, layout = self.convert_state_dict(state_dict)
+        if layout is not None:
+            log.info("%s: checkpoint keys in the %s layout", self.name, layout)
         if self.checkpoint_filter is None:
             return state_dict
-        module_name, fn_name = self.checkpoint_filter.split(":")
-        module = importlib.import_module(f"{__name__}.{module_name}")
-        return getattr(module, fn_name)(state_dict, model)
+        return self._function(self.checkpoint_filter)(state_dict, model)
+
+    def describe_fit(self, state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> str:
+        """The end of a mismatch message: the scale the file is for, or the presets its keys fit."""
+        fits = checkpoint_fits(state_dict)
+        asked = getattr(model, "upscale", None)
+        same = [f for f in fits if f.preset == self.name and f.scale != asked]
+        if same:
+            return (f"; the file is for x{same[0].scale}, not x{asked} (these keys fit preset {same[0]}): "
+                    f"build the model at scale {same[0].scale}")
+        if fits:
+            return f"; these keys fit preset {' / '.join(map(str, fits))}"
+        return "; they fit no known preset"
 
 
 MODELS: dict[str, Preset] = {
@@ -82,15 +125,17 @@ MODELS: dict[str, Preset] = {
                dict(in_chans=3, img_size=64, window_size=8, img_range=1.0, depths=(6, 6, 6, 6), embed_dim=60,
                     num_heads=(6, 6, 6, 6), mlp_ratio=2.0, upsampler="pixelshuffledirect", resi_connection="1conv"),
                role="fidelity teacher", pad_multiple=8, half_ok=False,
-               checkpoint_filter="swinir:checkpoint_filter",
+               checkpoint_filter="swinir:checkpoint_filter", optional_keys=("relative_position_index", "attn_mask"),
                reference="Liang et al., SwinIR (lightweight SwinIR-S), ICCVW 2021"),
         Preset("EdgeSRN", "rrdbnet:RRDBNet", dict(in_nc=3, out_nc=3, nf=64, nb=10, gc=32), role="perceptual teacher",
+               scales=(2, 4), converter="rrdbnet:convert_state_dict",
                reference="SRDTKD perceptual teacher: RRDBNet (10 blocks) trained with edge-guided losses"),
         Preset("EdgeSRN_small", "rrdbnet:RRDBNet", dict(in_nc=3, out_nc=3, nf=32, nb=2, gc=16),
-               role="perceptual teacher (demo)",
+               role="perceptual teacher (demo)", scales=(2, 4), converter="rrdbnet:convert_state_dict",
                reference="EdgeSRN architecture at demo size (2 RRDB blocks, 32 features) for CPU runs"),
         Preset("ESRGAN", "rrdbnet:RRDBNet", dict(in_nc=3, out_nc=3, nf=64, nb=23, gc=32),
-               reference="Wang et al., ESRGAN, ECCVW 2018 (official key names)"),
+               scales=(2, 4), converter="rrdbnet:convert_state_dict",
+               reference="Wang et al., ESRGAN, ECCVW 2018 (official key names; BasicSR's converted on load)"),
         Preset("PAN", "pan:PAN", dict(in_nc=3, out_nc=3, nf=40, unf=24, nb=16),
                reference="Zhao et al., Pixel Attention Network, ECCVW 2020"),
     ]
@@ -108,7 +153,7 @@ def get_preset(name: str) -> Preset:
     """Look a preset up by name, case-insensitively; unknown names list the valid ones."""
     key = _BY_LOWER.get(str(name).lower())
     if key is None:
-        raise KeyError(f"unknown model name {name!r}; valid names: {', '.join(MODELS)}")
+        raise KeyError(f"unknown model name {name!r}; valid names: {', '.join(MODELS)} (or {AUTO}, with a checkpoint)")
     return MODELS[key]
 
 
@@ -117,17 +162,131 @@ def build_model(name: str, scale: int = 4) -> nn.Module:
     return get_preset(name).build(scale)
 
 
-def get_model(name: str, scale: int = 4, checkpoint: Union[str, Path, None] = None,
-              checkpoint_root: Union[str, Path, None] = None) -> nn.Module:
-    """Build preset ``name`` for ``scale`` in eval mode, loading ``checkpoint`` strictly when given.
+# ----------------------------------------------------------------------------- checkpoint detection
 
-    A bare checkpoint file name resolves to ``Checkpoints/<preset>/<name>``; a path is used as given.
+@dataclass(frozen=True)
+class CheckpointFit:
+    """A preset and scale whose keys and shapes a state dict equals, and the key layout it was in."""
+
+    preset: str
+    scale: int
+    layout: Optional[str] = None
+
+    def __str__(self) -> str:
+        return f"{self.preset} x{self.scale}"
+
+
+@lru_cache(maxsize=None)
+def _signature(name: str, scale: int) -> dict[str, tuple[int, ...]]:
+    """Key names and shapes of a preset at a scale (built on the meta device: no memory, no init cost)."""
+    return {k: tuple(v.shape) for k, v in MODELS[name].build_meta(scale).state_dict().items()}
+
+
+def checkpoint_fits(state_dict: Mapping[str, torch.Tensor],
+                    names: Optional[Iterable[str]] = None) -> list[CheckpointFit]:
+    """Every (preset, scale) whose keys and shapes equal ``state_dict``'s, after the family's key conversion.
+
+    ``state_dict`` is canonical (wrappers and prefixes removed, see :func:`Utils.checkpoint.read_state_dict`);
+    keys a family can derive (``Preset.optional_keys``) may be absent. ``names`` limits the presets tried.
     """
-    preset = get_preset(name)
+    found = []
+    for name in (MODELS if names is None else names):
+        preset = MODELS[name]
+        converted, layout = preset.convert_state_dict(state_dict)
+        given = {k: tuple(v.shape) for k, v in converted.items()}
+        for scale in preset.scales:
+            try:
+                sig = _signature(name, scale)
+            except Exception as exc:  # a broken family must not hide the others
+                log.debug("cannot build preset %s x%d for matching: %s", name, scale, exc)
+                continue
+            absent = {k for k in sig if k not in given}
+            if (all(sig.get(k) == s for k, s in given.items())
+                    and all(k.endswith(preset.optional_keys) for k in absent)):
+                found.append(CheckpointFit(name, scale, layout))
+    return found
+
+
+def _closest(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """The presets whose key names overlap the file's most, as ``name (share of shared keys)``."""
+    scores = []
+    for name, preset in MODELS.items():
+        keys = set(preset.convert_state_dict(state_dict)[0])
+        try:
+            own = set(_signature(name, max(preset.scales)))
+        except Exception:  # noqa: BLE001 - see checkpoint_fits
+            continue
+        shared = len(keys & own) / max(len(keys | own), 1)
+        if shared > 0:
+            scores.append((shared, name))
+    best = sorted(scores, reverse=True)[:3]
+    return ", ".join(f"{n} ({s:.0%} of key names shared)" for s, n in best) or "none shares a key name"
+
+
+def detect_checkpoint(state_dict: Mapping[str, torch.Tensor], source: Union[str, Path] = "<state dict>") -> CheckpointFit:
+    """The one (preset, scale) a canonical state dict fits; an unknown or ambiguous file raises one line."""
+    from Utils.checkpoint import CheckpointError
+
+    fits = checkpoint_fits(state_dict)
+    if len(fits) == 1:
+        return fits[0]
+    if not fits:
+        raise CheckpointError(f"{source}: fits no preset at any scale; candidates: {_closest(state_dict)}")
+    raise CheckpointError(f"{source}: ambiguous, fits {', '.join(map(str, fits))}; give the preset name instead of "
+                          f"{AUTO}")
+
+
+# ----------------------------------------------------------------------------- building and loading
+
+@dataclass
+class LoadedModel:
+    """What :func:`load_model` built: the module (eval mode), its preset and scale, and the file it loaded."""
+
+    model: nn.Module
+    preset: Preset
+    scale: int
+    checkpoint: Optional[Path] = None
+    layout: Optional[str] = None
+
+
+def load_model(name: str, scale: Optional[int] = None, checkpoint: Union[str, Path, None] = None,
+               checkpoint_root: Union[str, Path, None] = None) -> LoadedModel:
+    """Build preset ``name`` in eval mode and load ``checkpoint`` strictly when given.
+
+    ``name`` may be ``"auto"``: the preset is detected from the checkpoint's keys and shapes.
+    ``scale`` None takes the checkpoint's scale (4 without a checkpoint); a scale the file is not
+    for fails with one line naming the scale it is for. A bare checkpoint file name resolves to
+    ``Checkpoints/<preset>/<name>`` (for ``auto``: the one ``Checkpoints/*/<name>``); a path is used as given.
+    """
+    from Utils.checkpoint import CheckpointError, load_state_dict_strict, read_state_dict, resolve_checkpoint
+
+    auto = str(name).lower() == AUTO
+    if checkpoint is None:
+        if auto:
+            raise ValueError(f"model name {AUTO!r} needs a checkpoint to detect the preset from")
+        preset = get_preset(name)
+        scale = 4 if scale is None else scale
+        return LoadedModel(preset.build(scale).eval(), preset, scale)
+    preset = None if auto else get_preset(name)
+    path = resolve_checkpoint(checkpoint, None if auto else preset.name, checkpoint_root)
+    state_dict = read_state_dict(path)
+    if auto:
+        fit = detect_checkpoint(state_dict, path)
+        if scale is not None and scale != fit.scale:
+            raise CheckpointError(f"{path}: the file is for x{fit.scale} (preset {fit}), not x{scale}")
+        preset, scale = MODELS[fit.preset], fit.scale
+        log.info("%s: detected preset %s", path, fit)
+    elif scale is None:
+        scales = [f.scale for f in checkpoint_fits(state_dict, [preset.name])]
+        scale = scales[0] if len(scales) == 1 else 4  # no fit: the strict load at x4 says what the keys fit
     model = preset.build(scale)
-    if checkpoint is not None:
-        from Utils.checkpoint import load_weights
+    load_state_dict_strict(model, state_dict, path, preset)
+    log.info("loaded %s into %s x%d", path, preset.name, scale)
+    return LoadedModel(model.eval(), preset, scale, path, preset.convert_state_dict(state_dict)[1])
 
-        load_weights(model, checkpoint, preset=preset, checkpoint_root=checkpoint_root)
-    return model.eval()
 
+def get_model(name: str, scale: Optional[int] = None, checkpoint: Union[str, Path, None] = None,
+              checkpoint_root: Union[str, Path, None] = None) -> nn.Module:
+    """Build preset ``name`` (or ``"auto"``) for ``scale`` in eval mode, loading ``checkpoint`` strictly when
+    given; see :func:`load_model`, which also returns the preset and scale it chose."""
+    return load_model(name, scale, checkpoint, checkpoint_root).model

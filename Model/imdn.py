@@ -92,6 +92,7 @@ class IMDN(nn.Module):
     def __init__(self, upscale: int = 4, in_nc: int = 3, nf: int = 64, num_modules: int = 6,
                  out_nc: int = 3) -> None:
         super().__init__()
+        self.upscale = upscale
         self.fea_conv = _conv(in_nc, nf, 3)
         self._block_names = tuple(f"IMDB{i}" for i in range(1, num_modules + 1))
         for name in self._block_names:

@@ -114,6 +114,7 @@ class RFDN(nn.Module):
     def __init__(self, upscale: int = 4, in_nc: int = 3, nf: int = 64, num_modules: int = 4,
                  out_nc: int = 3, img_range: float = 1.0) -> None:
         super().__init__()
+        self.upscale = upscale
         self.img_range = float(img_range)
         self.fea_conv = _conv(in_nc, nf, 3)
         self._block_names = tuple(f"B{i}" for i in range(1, num_modules + 1))

@@ -2,26 +2,26 @@
 
 Loading = resolve the path, read it with ``weights_only=True``, canonicalise the wrappers
 (``params_ema``, ``params``, ``state_dict``, ``model``...) and prefixes (``module.``, ``_orig_mod.``),
-apply the family's filter (e.g. SwinIR's derivable buffers), then load strictly. Every failure is a
-:class:`CheckpointError` with a one-line message that names the file and the problem; a key
-mismatch lists the missing and unexpected keys and names the preset the keys do fit, if any.
+apply the family's conversion and filter (e.g. BasicSR's RRDBNet names, SwinIR's derivable buffers),
+then load strictly. Every failure is a :class:`CheckpointError` with a one-line message that names
+the file and the problem; a key mismatch lists the missing and unexpected keys and, from the preset,
+the scale the file is for or the presets whose keys it does fit.
+
+This module knows nothing of the model registry (``Model`` uses it, not the other way round): the
+family-specific steps come from the ``preset`` argument, any object with the :class:`PresetLike` methods.
 """
 from __future__ import annotations
 
 import logging
 import os
 import tempfile
-from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Protocol, Union
 
 import torch
 import torch.nn as nn
 
 from Utils.download import sha256_file  # noqa: F401  (one implementation, re-exported)
-
-if TYPE_CHECKING:  # pragma: no cover
-    from Model import Preset
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +38,25 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used; the message is one line naming the file and the problem."""
 
 
-def resolve_checkpoint(checkpoint: PathLike, model_name: str,
+class PresetLike(Protocol):
+    """What loading needs from a model preset (``Model.Preset`` is one)."""
+
+    name: str
+
+    def filter_state_dict(self, state_dict: dict, model: nn.Module) -> dict:
+        """The state dict in the model's own key layout (``ValueError`` when it cannot be)."""
+
+    def describe_fit(self, state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> str:
+        """The end of a mismatch message: what the keys do fit (``"; ..."``)."""
+
+
+def resolve_checkpoint(checkpoint: PathLike, model_name: Optional[str],
                        checkpoint_root: Optional[PathLike] = None) -> Path:
     """Find a checkpoint file: a path is used as given; a bare name resolves to ``Checkpoints/<Model>/<name>``.
 
-    The preset's folder is matched case-insensitively (``Checkpoints/rfdn`` works for ``RFDN``).
+    The preset's folder is matched case-insensitively (``Checkpoints/rfdn`` works for ``RFDN``); with
+    ``model_name`` None (a preset to be detected) a bare name is looked for in every ``Checkpoints/*/``
+    folder and must be found in exactly one.
     """
     root = Path(checkpoint_root) if checkpoint_root is not None else DEFAULT_CHECKPOINT_ROOT
     given = Path(checkpoint).expanduser()
@@ -50,14 +64,17 @@ def resolve_checkpoint(checkpoint: PathLike, model_name: str,
     if given.is_file():
         return given
     if len(given.parts) == 1:
-        candidates = [root / model_name / given.name]
+        candidates = [root / model_name / given.name] if model_name is not None else []
         if root.is_dir():
-            candidates += [d / given.name for d in sorted(root.iterdir())
-                           if d.is_dir() and d.name.lower() == model_name.lower() and d.name != model_name]
-        for cand in candidates:
-            looked.append(cand)
-            if cand.is_file():
-                return cand
+            candidates += [d / given.name for d in sorted(root.iterdir()) if d.is_dir() and (
+                model_name is None or (d.name.lower() == model_name.lower() and d.name != model_name))]
+        found = [c for c in candidates if c.is_file()]
+        if model_name is None and len(found) > 1:
+            raise CheckpointError(f"{checkpoint}: several checkpoints of that name ({', '.join(map(str, found))}); "
+                                  f"give the path")
+        if found:
+            return found[0]
+        looked += candidates if model_name is not None else [root / "*" / given.name]
     raise CheckpointError(f"{checkpoint}: checkpoint file not found (looked in: {', '.join(map(str, looked))})")
 
 
@@ -107,35 +124,13 @@ def canonicalize_state_dict(obj: Any, source: PathLike = "<state dict>") -> dict
     return out
 
 
-@lru_cache(maxsize=None)
-def _preset_signature(name: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    """Key names and shapes of a preset (built on the meta device: no memory, no init cost)."""
-    from Model import get_preset
-
-    model = get_preset(name).build_meta(4)
-    return tuple(sorted((k, tuple(v.shape)) for k, v in model.state_dict().items()))
+def read_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
+    """:func:`read_checkpoint` then :func:`canonicalize_state_dict`: the flat tensor dict of a file."""
+    return canonicalize_state_dict(read_checkpoint(path), path)
 
 
-def matching_presets(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
-    """Names of the presets whose keys and shapes equal ``state_dict``'s (derivable buffers allowed)."""
-    from Model import MODELS
-
-    given = {k: tuple(v.shape) for k, v in state_dict.items()}
-    found = []
-    for name in MODELS:
-        try:
-            sig = dict(_preset_signature(name))
-        except Exception as exc:  # a broken family must not hide the others
-            log.debug("cannot build preset %s for matching: %s", name, exc)
-            continue
-        derivable = {k for k in sig if k.endswith(("relative_position_index", "attn_mask"))}
-        if all(sig.get(k) == s for k, s in given.items()) and set(sig) - set(given) <= derivable:
-            found.append(name)
-    return found
-
-
-def _mismatch_message(path: PathLike, preset_name: str, missing: list[str], unexpected: list[str],
-                      shapes: list[str], state_dict: Mapping[str, torch.Tensor]) -> str:
+def _mismatch_message(path: PathLike, name: str, missing: list[str], unexpected: list[str],
+                      shapes: list[str]) -> str:
     def few(keys: list[str]) -> str:
         return ", ".join(keys[:4]) + (f", ... (+{len(keys) - 4})" if len(keys) > 4 else "")
 
@@ -146,15 +141,16 @@ def _mismatch_message(path: PathLike, preset_name: str, missing: list[str], unex
         parts.append(f"{len(unexpected)} unexpected: {few(unexpected)}")
     if shapes:
         parts.append(f"{len(shapes)} of other shape: {few(shapes)}")
-    fits = [n for n in matching_presets(state_dict) if n != preset_name]
-    hint = f"; these keys fit preset {' / '.join(fits)}" if fits else "; they fit no known preset"
-    return f"{path}: keys of another architecture than {preset_name} ({'; '.join(parts)}){hint}"
+    return f"{path}: keys do not fit {name} ({'; '.join(parts)})"
 
 
 def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: PathLike,
-                           preset: Optional["Preset"] = None) -> None:
-    """Load strictly; on any mismatch raise a one-line :class:`CheckpointError`."""
+                           preset: Optional[PresetLike] = None) -> None:
+    """Load strictly (after the preset's conversion and filter); on any mismatch raise a one-line
+    :class:`CheckpointError` that ends with what the preset says the keys do fit."""
     name = preset.name if preset is not None else type(model).__name__
+    if getattr(model, "upscale", None):
+        name = f"{name} x{model.upscale}"
     sd = dict(state_dict)
     if preset is not None:
         try:
@@ -166,16 +162,16 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tens
     unexpected = sorted(set(sd) - set(own))
     shapes = sorted(k for k in set(own) & set(sd) if tuple(own[k].shape) != tuple(sd[k].shape))
     if missing or unexpected or shapes:
-        raise CheckpointError(_mismatch_message(source, name, missing, unexpected, shapes, state_dict))
+        hint = preset.describe_fit(state_dict, model) if preset is not None else ""
+        raise CheckpointError(_mismatch_message(source, name, missing, unexpected, shapes) + hint)
     model.load_state_dict(sd, strict=True)
 
 
-def load_weights(model: nn.Module, checkpoint: PathLike, preset: Optional["Preset"] = None,
+def load_weights(model: nn.Module, checkpoint: PathLike, preset: Optional[PresetLike] = None,
                  checkpoint_root: Optional[PathLike] = None) -> Path:
     """Resolve, read, canonicalise and strictly load ``checkpoint`` into ``model``; returns the path."""
     path = resolve_checkpoint(checkpoint, preset.name if preset else type(model).__name__, checkpoint_root)
-    sd = canonicalize_state_dict(read_checkpoint(path), path)
-    load_state_dict_strict(model, sd, path, preset)
+    load_state_dict_strict(model, read_state_dict(path), path, preset)
     log.info("loaded %s into %s", path, preset.name if preset else type(model).__name__)
     return path
 

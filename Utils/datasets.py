@@ -53,7 +53,7 @@ _MAX_OPEN_MAPS = 512  # each np.memmap keeps a file descriptor; bound them per p
 
 __all__ = [
     "SRTrainDataset", "InfiniteSampler", "make_train_loader", "seed_worker", "build_train_dataset",
-    "ImageRecord",
+    "ImageRecord", "cache_key", "save_npy_atomic",
 ]
 
 
@@ -94,14 +94,14 @@ def _lr_index(lr_dir: Path, scale: int) -> dict[str, list[Path]]:
     return index
 
 
-def _cache_key(path: Path, kind: str) -> str:
+def cache_key(path: Path, kind: str) -> str:
     """Hash of the absolute path, byte size, mtime and what was stored (changed file -> new key)."""
     st = path.stat()
     text = f"v{CACHE_VERSION}|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{kind}"
     return hashlib.sha1(text.encode()).hexdigest()[:20]
 
 
-def _save_npy_atomic(path: Path, arr: np.ndarray) -> None:
+def save_npy_atomic(path: Path, arr: np.ndarray) -> None:
     """np.save to a temporary file in the same folder, then rename (readers never see half a file)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npy.tmp", dir=path.parent)
     try:
@@ -242,12 +242,12 @@ class SRTrainDataset(Dataset):
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         todo: list[Callable[[], None]] = []
         for r in self.records:
-            r.hr_cache = self.cache_dir / f"{r.hr_path.stem}_{_cache_key(r.hr_path, 'decoded')}.npy"
+            r.hr_cache = self.cache_dir / f"{r.hr_path.stem}_{cache_key(r.hr_path, 'decoded')}.npy"
             if r.lr_path is not None:
-                r.lr_cache = self.cache_dir / f"{r.lr_path.stem}_{_cache_key(r.lr_path, 'decoded')}.npy"
+                r.lr_cache = self.cache_dir / f"{r.lr_path.stem}_{cache_key(r.lr_path, 'decoded')}.npy"
             else:
                 kind = f"lr-matlab-bicubic-x{self.scale}"
-                r.lr_cache = self.cache_dir / f"{r.hr_path.stem}_lrx{self.scale}_{_cache_key(r.hr_path, kind)}.npy"
+                r.lr_cache = self.cache_dir / f"{r.hr_path.stem}_lrx{self.scale}_{cache_key(r.hr_path, kind)}.npy"
             if not (r.hr_cache.is_file() and r.lr_cache.is_file()):
                 todo.append(lambda r=r: self._cache_one(r))
         hits = len(self.records) - len(todo)
@@ -267,13 +267,13 @@ class SRTrainDataset(Dataset):
         hr = None
         if not r.hr_cache.is_file():
             hr = read_image(r.hr_path)
-            _save_npy_atomic(r.hr_cache, hr)
+            save_npy_atomic(r.hr_cache, hr)
         if not r.lr_cache.is_file():
             if r.lr_path is not None:
-                _save_npy_atomic(r.lr_cache, read_image(r.lr_path))
+                save_npy_atomic(r.lr_cache, read_image(r.lr_path))
             else:
                 hr = read_image(r.hr_path) if hr is None else hr
-                _save_npy_atomic(r.lr_cache, _make_lr(hr, self.scale))
+                save_npy_atomic(r.lr_cache, _make_lr(hr, self.scale))
 
     def _build_memory_lr(self, workers: int) -> None:
         """Without a cache dir, make the LR of HR-only images once and keep it in memory."""

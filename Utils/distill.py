@@ -43,11 +43,13 @@ TEACHER_KEYS = ("t1", "t2")  # batch keys of cached fidelity / perceptual teache
 class FrozenTeacher(nn.Module):
     """A preset with loaded weights, frozen and in eval mode; forward runs without gradients."""
 
-    def __init__(self, name: str, checkpoint: str, device: torch.device):
+    def __init__(self, name: str, checkpoint: str, device: torch.device, scale: int = 4):
         super().__init__()
         self.preset = get_preset(name)
+        self.scale = scale
         self.path = resolve_checkpoint(checkpoint, self.preset.name)
-        self.net = get_model(self.preset.name, checkpoint=self.path).to(device).eval()
+        # built at the student's scale: a checkpoint for another scale fails here, at start, naming its scale
+        self.net = get_model(self.preset.name, scale, checkpoint=self.path).to(device).eval()
         for p in self.net.parameters():
             p.requires_grad_(False)
         self._sha: Optional[str] = None
@@ -64,7 +66,7 @@ class FrozenTeacher(nn.Module):
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        scale = 4
+        scale = self.scale
         dev = x.device.type
         # The trainer runs the objective under its autocast: a preset unsafe in float16 (SwinIR
         # overflows) runs in float32 instead of giving a black or non-finite target.
@@ -80,7 +82,7 @@ def build_teacher_cache(teacher: FrozenTeacher, dataset, root: Path, key: str, t
     """SR of every training image by ``teacher``, stored once as uint8 ``.npy``; returns paths in record order."""
     from tqdm import tqdm
 
-    from Utils.datasets import _cache_key, _save_npy_atomic
+    from Utils.datasets import cache_key as _cache_key, save_npy_atomic as _save_npy_atomic
     from Utils.image_io import img2tensor, tensor2img
 
     folder = Path(root) / f"{key}-{teacher.preset.name}-{teacher.sha256[:12]}"
@@ -97,7 +99,7 @@ def build_teacher_cache(teacher: FrozenTeacher, dataset, root: Path, key: str, t
     device = next(teacher.net.parameters()).device
     for i in tqdm(todo, desc=f"cache {teacher.preset.name}", disable=not progress, leave=False):
         lr, hr = dataset.load_pair(i)
-        sr = super_resolve(teacher.net, img2tensor(lr).to(device), 4, teacher.preset.pad_multiple, tile=tile,
+        sr = super_resolve(teacher.net, img2tensor(lr).to(device), teacher.scale, teacher.preset.pad_multiple, tile=tile,
                            tile_overlap=32, half_ok=teacher.preset.half_ok)
         img = tensor2img(sr)
         if img.shape[:2] != hr.shape[:2]:
@@ -119,8 +121,9 @@ class DTKDObjective(Objective):
             raise ValueError("--train_by_TT True needs --t2_checkpoint (the perceptual teacher's weights), "
                              "or --t2_checkpoint '' to distil from the fidelity teacher alone")
         self.cfg = cfg
-        self.t1 = FrozenTeacher(cfg["t1_model_name"], cfg["t1_checkpoint"], device)
-        self.t2 = FrozenTeacher(cfg["t2_model_name"], cfg["t2_checkpoint"], device) if cfg["t2_checkpoint"] else None
+        scale = int(cfg["scale"])  # teachers run at the student's scale
+        self.t1 = FrozenTeacher(cfg["t1_model_name"], cfg["t1_checkpoint"], device, scale)
+        self.t2 = FrozenTeacher(cfg["t2_model_name"], cfg["t2_checkpoint"], device, scale) if cfg["t2_checkpoint"] else None
         gate = parse_gate(str(cfg.get("entropy_gate", "auto")))
         self._gate_auto = gate == "auto"
         self.router = EntropyRouter(None if (gate == "auto" or self.t2 is None) else gate)

@@ -7,10 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from Model import MODELS, build_model, get_model, get_preset
+from Model import MODELS, CheckpointFit, build_model, checkpoint_fits, get_model, get_preset
 from Model.profile import count_multi_adds, count_params, preset_profile
-from Utils.checkpoint import (CheckpointError, atomic_save, canonicalize_state_dict, load_weights,
-                              matching_presets, resolve_checkpoint)
+from Utils.checkpoint import CheckpointError, atomic_save, canonicalize_state_dict, load_weights, resolve_checkpoint
 from tests.conftest import WEIGHTS, need
 
 # DESIGN.md section 3 (SwinIR-S: the official count of the lightweight x4 model).
@@ -163,9 +162,9 @@ def test_published_checkpoint_loads_strictly_and_is_detected(rel, preset):
     path = need(WEIGHTS / rel)
     model = get_model(preset, checkpoint=path)
     assert count_params(model) == EXPECTED_PARAMS[preset]
-    from Utils.checkpoint import read_checkpoint
+    from Utils.checkpoint import read_state_dict
 
-    assert preset in matching_presets(canonicalize_state_dict(read_checkpoint(path)))
+    assert checkpoint_fits(read_state_dict(path)) == [CheckpointFit(preset, 4)]
 
 
 def test_scan_command_lists_presets(capsys):
@@ -174,7 +173,7 @@ def test_scan_command_lists_presets(capsys):
     need(WEIGHTS / "SRDTKD")
     assert main(["--scan", str(WEIGHTS)]) == 0
     out = capsys.readouterr().out
-    assert "| SRDTKD/DTKD-RFDN.pth | RFDN |" in out and "| LBNet/LBNet-T_X4.pt | LBNet_tiny |" in out
+    assert "| SRDTKD/DTKD-RFDN.pth | RFDN | x4 |" in out and "| LBNet/LBNet-T_X4.pt | LBNet_tiny | x4 |" in out
 
 
 def test_load_weights_returns_resolved_path(tmp_path):
