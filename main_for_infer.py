@@ -5,6 +5,12 @@ The seed's command line works as written:
     python main_for_infer.py --Train False --model_name RFDN --checkpoint DTKD-RFDN.pth \\
         --test_folder Datasets2023/GTmod12_LRx4/Set5_LRbicx4
 
+``--model_name auto`` detects the preset and the scale from the checkpoint's keys and shapes; without
+``--scale`` a named preset also runs at the checkpoint's scale (x4 when it cannot tell):
+
+    python main_for_infer.py --model_name auto --checkpoint IMDN_x2.pth \\
+        --test_folder Datasets2023/GTmod2_LRx2/Set5_LRbicx2
+
 Results go to ``<output_folder>/<checkpoint stem>/<test folder name>/`` (SR PNGs and metrics.csv)
 and one row per (model, checkpoint, dataset) in ``<output_folder>/summary.csv``. Exit status: 0 when
 everything was evaluated, 1 when some image or folder could not be (the others are kept), 2 for a
@@ -38,18 +44,23 @@ def str2bool(value: str) -> bool:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--Train", type=str2bool, default=False, help="kept for the seed's command lines; must be False")
-    p.add_argument("--model_name", required=True, help="preset name (python -m Model lists them)")
+    p.add_argument("--model_name", required=True,
+                   help="preset name (python -m Model lists them), or auto: detected from the checkpoint")
     p.add_argument("--checkpoint", required=True,
-                   help="weights file: a bare name resolves to Checkpoints/<model_name>/<name>")
+                   help="weights file: a bare name resolves to Checkpoints/<model_name>/<name> (auto: Checkpoints/*/<name>)")
     p.add_argument("--checkpoint_root", default=None, help="folder of per-model checkpoints (default Checkpoints)")
     p.add_argument("--test_folder", nargs="+", default=[], help="LR test folder(s)")
     p.add_argument("--test_datasets", nargs="+", default=[],
-                   help="set names resolved as <datasets_root>/GTmod12_LRx4/<Set>_LRbicx4 (e.g. Set5 Set14 B100)")
+                   help="set names resolved as <datasets_root>/GTmod<mod>_LRx<scale>/<Set>_LRbicx<scale> "
+                        "(e.g. Set5 Set14 B100)")
     p.add_argument("--datasets_root", default="Datasets2023", help="root of the Datasets2023 layout")
+    p.add_argument("--mod", type=int, default=12,
+                   help="HR crop of the --test_datasets folders (GTmod<mod>; default 12 as in the seed's layout)")
     p.add_argument("--gt_folder", nargs="+", default=None,
                    help="ground-truth folder(s), one per test folder (default: found beside the LR folder)")
     p.add_argument("--output_folder", default="Result", help="where SR images and CSVs go")
-    p.add_argument("--scale", type=int, default=4)
+    p.add_argument("--scale", type=int, choices=(2, 3, 4), default=None,
+                   help="upscaling factor (default: the checkpoint's, read from its upsampler's shapes)")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even when CUDA is available")
     p.add_argument("--tile", type=int, default=None, help="tile size in LR pixels for large images")
     p.add_argument("--tile_overlap", type=int, default=32, help="overlap of neighbouring tiles (LR pixels)")
@@ -65,10 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _test_folders(args: argparse.Namespace) -> list[Path]:
+def _test_folders(args: argparse.Namespace, scale: int) -> list[Path]:
     folders = [Path(f) for f in args.test_folder]
     for name in args.test_datasets:
-        folders.append(Path(args.datasets_root) / f"GTmod12_LRx{args.scale}" / f"{name}_LRbicx{args.scale}")
+        folders.append(Path(args.datasets_root) / f"GTmod{args.mod}_LRx{scale}" / f"{name}_LRbicx{scale}")
     return folders
 
 
@@ -92,33 +103,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         log.error("--Train True: this script evaluates; train with main.py")
         return 2
 
-    from Model import get_model, get_preset
+    from Model import load_model
     from Model.profile import count_params
-    from Utils.checkpoint import CheckpointError, resolve_checkpoint, sha256_file
+    from Utils.checkpoint import CheckpointError, sha256_file
     from Utils.evaluate import (MetricOptions, find_gt_folder, dataset_name, evaluate_pairs, pair_images,
                                 resolve_niqe_params, results_folder_name, upsert_summary, write_rows_csv,
                                 IMAGE_COLUMNS)
     from Utils.image_io import ImageError
     from Utils.inference import super_resolve
 
-    folders = _test_folders(args)
-    if not folders:
+    n_folders = len(args.test_folder) + len(args.test_datasets)
+    if not n_folders:
         log.error("no test folder: give --test_folder DIR or --test_datasets NAME")
         return 2
-    if args.gt_folder is not None and len(args.gt_folder) != len(folders):
-        log.error("--gt_folder: %d given for %d test folders", len(args.gt_folder), len(folders))
+    if args.gt_folder is not None and len(args.gt_folder) != n_folders:
+        log.error("--gt_folder: %d given for %d test folders", len(args.gt_folder), n_folders)
         return 2
     try:
-        preset = get_preset(args.model_name)
-        ckpt = resolve_checkpoint(args.checkpoint, preset.name, args.checkpoint_root)
-        model = get_model(preset.name, args.scale, ckpt)
+        loaded = load_model(args.model_name, args.scale, args.checkpoint, args.checkpoint_root)
     except (KeyError, CheckpointError, ValueError) as exc:
         log.error("%s", exc.args[0] if isinstance(exc, KeyError) else exc)
         return 2
+    model, preset, scale, ckpt = loaded.model, loaded.preset, loaded.scale, loaded.checkpoint
+    folders = _test_folders(args, scale)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     model.to(device)
     amp = args.amp or ("fp16" if args.half else "none")
-    opts = MetricOptions(scale=args.scale, round_y=args.round_y, niqe=not args.no_niqe,
+    opts = MetricOptions(scale=scale, round_y=args.round_y, niqe=not args.no_niqe,
                          niqe_params=args.niqe_params, lpips=args.lpips)
     resolve_niqe_params(opts)
     if opts.lpips:
@@ -134,7 +145,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     params = count_params(model)
 
     def sr_fn(x: torch.Tensor) -> torch.Tensor:
-        return super_resolve(model, x, scale=args.scale, pad_multiple=preset.pad_multiple, tile=args.tile,
+        return super_resolve(model, x, scale=scale, pad_multiple=preset.pad_multiple, tile=args.tile,
                              tile_overlap=args.tile_overlap, amp=amp, half_ok=preset.half_ok)
 
     status = 0
@@ -142,7 +153,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         t0 = time.perf_counter()
         try:
             gt_dir = Path(args.gt_folder[i]) if args.gt_folder else find_gt_folder(folder)
-            pairs = pair_images(folder, gt_dir, args.scale)
+            pairs = pair_images(folder, gt_dir, scale, strict=False)
         except ImageError as exc:
             log.error("%s", exc)
             status = 1
@@ -156,11 +167,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         write_rows_csv(out_dir / "metrics.csv", result.rows, IMAGE_COLUMNS)
         means = result.means()
         upsert_summary(output / "summary.csv", {
-            "model": preset.name, "checkpoint": ckpt.name, "dataset": name, "images": len(result.rows),
+            "model": preset.name, "checkpoint": ckpt.name, "dataset": name, "scale": scale, "images": len(result.rows),
             "failed": len(result.failures), **means, "params": params,
             "seconds": time.perf_counter() - t0, "sha256": sha, "results": str(out_dir)})
         shown = "  ".join(f"{k.upper()} {v:.4f}" for k, v in means.items())
-        log.info("%s %s on %s: %d images  %s", preset.name, ckpt.name, name, len(result.rows), shown)
+        log.info("%s x%d %s on %s: %d images  %s", preset.name, scale, ckpt.name, name, len(result.rows), shown)
         if result.failures:
             status = 1
             log.error("%s: %d image(s) could not be evaluated (the others are kept in %s)",

@@ -96,13 +96,18 @@ class Preset:
         return self._function(self.checkpoint_filter)(state_dict, model)
 
     def describe_fit(self, state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> str:
-        """The end of a mismatch message: the scale the file is for, or the presets its keys fit."""
+        """The end of a mismatch message: the key layout found (families with several), then the scale the
+        file is for or the presets its keys fit."""
+        layout = self.convert_state_dict(state_dict)[1]
+        return (f"; keys read in the {layout} layout" if layout else "") + self._fit_hint(state_dict, model)
+
+    def _fit_hint(self, state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> str:
         fits = checkpoint_fits(state_dict)
         asked = getattr(model, "upscale", None)
         same = [f for f in fits if f.preset == self.name and f.scale != asked]
         if same:
-            return (f"; the file is for x{same[0].scale}, not x{asked} (these keys fit preset {same[0]}): "
-                    f"build the model at scale {same[0].scale}")
+            return (f"; the file is for {_scales_text(same)}, not x{asked} (these keys fit preset "
+                    f"{' / '.join(map(str, same))}): build the model at that scale")
         if fits:
             return f"; these keys fit preset {' / '.join(map(str, fits))}"
         return "; they fit no known preset"
@@ -223,15 +228,36 @@ def _closest(state_dict: Mapping[str, torch.Tensor]) -> str:
     return ", ".join(f"{n} ({s:.0%} of key names shared)" for s, n in best) or "none shares a key name"
 
 
-def detect_checkpoint(state_dict: Mapping[str, torch.Tensor], source: Union[str, Path] = "<state dict>") -> CheckpointFit:
-    """The one (preset, scale) a canonical state dict fits; an unknown or ambiguous file raises one line."""
+def _scales_text(fits: Iterable[CheckpointFit]) -> str:
+    return " / ".join(dict.fromkeys(f"x{f.scale}" for f in fits))
+
+
+def detect_checkpoint(state_dict: Mapping[str, torch.Tensor], source: Union[str, Path] = "<state dict>",
+                      scale: Optional[int] = None, names: Optional[Iterable[str]] = None) -> CheckpointFit:
+    """The one (preset, scale) a canonical state dict fits, among the presets ``names`` (default all) and
+    at ``scale`` when given; an unknown or ambiguous file, or one for another scale, raises one line.
+
+    Some families have the same shapes at several scales (PAN at x2 and x3: nearest-neighbour
+    upsampling); their files need the scale given.
+    """
     from Utils.checkpoint import CheckpointError
 
-    fits = checkpoint_fits(state_dict)
+    names = None if names is None else list(names)
+    fits = checkpoint_fits(state_dict, names)
+    if scale is not None and fits:
+        at_scale = [f for f in fits if f.scale == scale]
+        if not at_scale:
+            raise CheckpointError(f"{source}: the file is for {_scales_text(fits)} "
+                                  f"(preset {' / '.join(map(str, fits))}), not x{scale}")
+        fits = at_scale
     if len(fits) == 1:
         return fits[0]
     if not fits:
-        raise CheckpointError(f"{source}: fits no preset at any scale; candidates: {_closest(state_dict)}")
+        raise CheckpointError(f"{source}: fits no {'preset' if names is None else ' / '.join(names)} at any scale; "
+                              f"candidates: {_closest(state_dict)}")
+    if len({f.preset for f in fits}) == 1:
+        raise CheckpointError(f"{source}: ambiguous, fits {', '.join(map(str, fits))} (the same shapes at these "
+                              f"scales); give the scale")
     raise CheckpointError(f"{source}: ambiguous, fits {', '.join(map(str, fits))}; give the preset name instead of "
                           f"{AUTO}")
 
@@ -254,8 +280,9 @@ def load_model(name: str, scale: Optional[int] = None, checkpoint: Union[str, Pa
     """Build preset ``name`` in eval mode and load ``checkpoint`` strictly when given.
 
     ``name`` may be ``"auto"``: the preset is detected from the checkpoint's keys and shapes.
-    ``scale`` None takes the checkpoint's scale (4 without a checkpoint); a scale the file is not
-    for fails with one line naming the scale it is for. A bare checkpoint file name resolves to
+    ``scale`` None takes the checkpoint's scale (4 without a checkpoint; a family with the same
+    shapes at several scales, PAN at x2 and x3, needs it given); a scale the file is not for fails
+    with one line naming the scale it is for. A bare checkpoint file name resolves to
     ``Checkpoints/<preset>/<name>`` (for ``auto``: the one ``Checkpoints/*/<name>``); a path is used as given.
     """
     from Utils.checkpoint import CheckpointError, load_state_dict_strict, read_state_dict, resolve_checkpoint
@@ -270,15 +297,13 @@ def load_model(name: str, scale: Optional[int] = None, checkpoint: Union[str, Pa
     preset = None if auto else get_preset(name)
     path = resolve_checkpoint(checkpoint, None if auto else preset.name, checkpoint_root)
     state_dict = read_state_dict(path)
-    if auto:
-        fit = detect_checkpoint(state_dict, path)
-        if scale is not None and scale != fit.scale:
-            raise CheckpointError(f"{path}: the file is for x{fit.scale} (preset {fit}), not x{scale}")
+    names = None if auto else [preset.name]
+    if auto or (scale is None and checkpoint_fits(state_dict, names)):
+        fit = detect_checkpoint(state_dict, path, scale, names)
         preset, scale = MODELS[fit.preset], fit.scale
         log.info("%s: detected preset %s", path, fit)
     elif scale is None:
-        scales = [f.scale for f in checkpoint_fits(state_dict, [preset.name])]
-        scale = scales[0] if len(scales) == 1 else 4  # no fit: the strict load at x4 says what the keys fit
+        scale = 4  # keys of another preset: the strict load at x4 says what they fit
     model = preset.build(scale)
     load_state_dict_strict(model, state_dict, path, preset)
     log.info("loaded %s into %s x%d", path, preset.name, scale)

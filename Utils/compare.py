@@ -30,7 +30,8 @@ LOWER_IS_BETTER = frozenset({"niqe", "lpips"})
 NO_DIRECTION = frozenset({"ag"})
 DEFAULT_METRICS = ("psnr", "ssim", "niqe", "lpips")
 LABEL_MODES = ("checkpoint", "model", "both")
-INT_COLUMNS = ("images", "failed", "params")
+INT_COLUMNS = ("scale", "images", "failed", "params")
+OPTIONAL_COLUMNS = ("scale",)  # summaries written before x2/x3 were supported lack it: x4
 FLOAT_COLUMNS = METRIC_COLUMNS + ("seconds",)
 DECIMALS = 4
 MISSING = "-"
@@ -71,7 +72,7 @@ def _read_summary(path: Path) -> list[dict]:
             if header is None:
                 raise CompareError(f"{path}: empty file, not a summary.csv")
             header = [h.strip() for h in header]
-            missing = [c for c in SUMMARY_COLUMNS if c not in header]
+            missing = [c for c in SUMMARY_COLUMNS if c not in header and c not in OPTIONAL_COLUMNS]
             if missing:
                 raise CompareError(f"{path}: not a summary.csv (missing column(s): {', '.join(missing)})")
             rows = []
@@ -85,7 +86,7 @@ def _read_summary(path: Path) -> list[dict]:
                 row: dict = {"_source": where}
                 for col in SUMMARY_COLUMNS:
                     if col in INT_COLUMNS or col in FLOAT_COLUMNS:
-                        row[col] = _parse_number(raw[col], col, where)
+                        row[col] = _parse_number(raw.get(col, ""), col, where)
                     else:
                         row[col] = raw[col].strip()
                 for col in ("model", "checkpoint", "dataset"):
@@ -99,7 +100,8 @@ def _read_summary(path: Path) -> list[dict]:
 
 def load_summaries(paths: Sequence[PathLike]) -> list[dict]:
     """Read and merge summary.csv files; a repeated (model, checkpoint, sha256, dataset) keeps the last row
-    (in the place of the first, so datasets and methods keep their order of first appearance).
+    (in the place of the first, so datasets and methods keep their order of first appearance). When the
+    rows span several scales, each dataset is named with its scale (``Set5 x2``, ``Set5 x4``).
 
     Numbers are parsed (empty cells -> None). Raises :class:`CompareError` for a missing file, a file
     that is not a summary, or an unparsable number, naming the file and row.
@@ -112,7 +114,13 @@ def load_summaries(paths: Sequence[PathLike]) -> list[dict]:
                 log.info("duplicate %s %s on %s: %s replaces %s", row["model"], row["checkpoint"],
                          row["dataset"], row["_source"], merged[key]["_source"])
             merged[key] = row
-    return list(merged.values())
+    rows = list(merged.values())
+    for row in rows:
+        row["scale"] = row["scale"] or 4
+    if len({row["scale"] for row in rows}) > 1:  # a set at x2 and at x4 are two columns, not one
+        for row in rows:
+            row["dataset"] = f"{row['dataset']} x{row['scale']}"
+    return rows
 
 
 # ----------------------------------------------------------------------------- methods and labels

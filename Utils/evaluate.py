@@ -41,7 +41,7 @@ MAX_BACKLOG_BYTES = 256 << 20
 HELPER_THREADS = max(2, min(8, (os.cpu_count() or 2) // 2))
 METRIC_COLUMNS = ("psnr", "ssim", "niqe", "lpips", "ag")
 IMAGE_COLUMNS = ("image",) + METRIC_COLUMNS + ("seconds",)
-SUMMARY_COLUMNS = ("model", "checkpoint", "dataset", "images", "failed") + METRIC_COLUMNS + (
+SUMMARY_COLUMNS = ("model", "checkpoint", "dataset", "scale", "images", "failed") + METRIC_COLUMNS + (
     "params", "seconds", "sha256", "results")
 
 
@@ -84,18 +84,23 @@ def _gt_key(name: str, scale: int) -> str:
 
 @dataclass
 class ImagePair:
-    """One test image: its LR file and, when there is ground truth, the HR file."""
+    """One test image: its LR file and, when there is ground truth, the HR file. ``problem`` says why
+    the pair cannot be evaluated although its folder can (e.g. its ground truth is missing)."""
 
     name: str
     lr: Path
     gt: Optional[Path] = None
+    problem: Optional[str] = None
 
 
-def pair_images(lr_folder: PathLike, gt_folder: Optional[PathLike], scale: int = 4) -> list[ImagePair]:
+def pair_images(lr_folder: PathLike, gt_folder: Optional[PathLike], scale: int = 4,
+                strict: bool = True) -> list[ImagePair]:
     """Match LR files to GT files by name (``babyx4.png`` or ``baby.png`` <-> ``baby.png``, any extension).
 
-    Errors (one line, naming the file) for a missing or empty folder and for an LR file without GT.
-    Files with non-image extensions are ignored with a warning.
+    Errors (one line, naming the file) for a missing or empty folder. An LR file without GT is an
+    error too when ``strict``; otherwise its pair carries the ``problem``, so that evaluation reports
+    it as a failed image and goes on with the others. Files with non-image extensions are ignored
+    with a warning.
     """
     lr_files = list_images(lr_folder)
     others = sorted(p.name for p in Path(lr_folder).iterdir() if p.is_file() and p not in lr_files
@@ -109,10 +114,11 @@ def pair_images(lr_folder: PathLike, gt_folder: Optional[PathLike], scale: int =
     for g in list_images(gt_folder):
         gt_index.setdefault(g.stem, g)
     for pair in pairs:
-        gt = gt_index.get(pair.name) or gt_index.get(pair.lr.stem)
-        if gt is None:
-            raise ImageError(pair.lr, f"no ground truth named {pair.name}.* in {gt_folder}")
-        pair.gt = gt
+        pair.gt = gt_index.get(pair.name) or gt_index.get(pair.lr.stem)
+        if pair.gt is None:
+            pair.problem = f"no ground truth named {pair.name}.* in {gt_folder}"
+            if strict:
+                raise ImageError(pair.lr, pair.problem)
     return pairs
 
 
@@ -336,6 +342,8 @@ def evaluate_pairs(model: nn.Module, pairs: Sequence[ImagePair], opts: MetricOpt
     workers = _HelperPool(HELPER_THREADS)
 
     def load(pair: ImagePair):
+        if pair.problem is not None:  # reported by the loop; nothing to read
+            return None, None
         lr = read_image(pair.lr)
         gt = read_image(pair.gt) if pair.gt is not None else None
         return lr, gt
@@ -354,6 +362,8 @@ def evaluate_pairs(model: nn.Module, pairs: Sequence[ImagePair], opts: MetricOpt
             if i + 1 < len(pairs):
                 loads.append(workers.submit(load, pairs[i + 1], urgent=True))
             try:
+                if pair.problem is not None:
+                    raise ImageError(pair.lr, pair.problem)
                 lr, gt = workers.result(loads[i])
                 if gt is not None:  # checked before the forward pass, so a bad pair costs nothing
                     gt = match_gt((lr.shape[0] * opts.scale, lr.shape[1] * opts.scale), gt, pair.gt, opts.scale)

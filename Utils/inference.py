@@ -122,12 +122,3 @@ def super_resolve(model: nn.Module, lr: torch.Tensor, scale: int = 4, pad_multip
             out = _forward_padded(model, x, scale, pad_multiple)
     return out.float()
 
-
-def preset_super_resolve(model: nn.Module, preset_name: str, lr: torch.Tensor, scale: int = 4,
-                         **kwargs) -> torch.Tensor:
-    """:func:`super_resolve` with the padding and precision rules of a registry preset."""
-    from Model import get_preset
-
-    preset = get_preset(preset_name)
-    return super_resolve(model, lr, scale=scale, pad_multiple=preset.pad_multiple, half_ok=preset.half_ok,
-                         **kwargs)

@@ -235,13 +235,27 @@ def test_size_mismatch(tiny, caplog):
 
 
 def test_lr_without_ground_truth(tiny, caplog):
+    """A missing ground truth is a per-image failure like the others: named, the rest evaluated, exit 1."""
     def make(lr_dir, gt_dir):
-        Image.fromarray(np.zeros((52, 56, 3), np.uint8)).save(lr_dir / "d.png")
-        return lr_dir / "d.png"
-    ckpt, lr_dir, gt_dir, out = tiny
-    make(lr_dir, gt_dir)
-    assert run(ckpt, [lr_dir], out, "--no_niqe") == 1
-    assert "d.png: no ground truth named d.*" in caplog.text
+        Image.fromarray(np.zeros((52, 56, 3), np.uint8)).save(lr_dir / "nogt.png")
+        return lr_dir / "nogt.png"
+    _bad_case(tiny, caplog, make, "no ground truth named nogt.*")
+    _, lr_dir, _, out = tiny
+    assert sorted(p.name for p in (out / "tiny" / "Toy_LRbicx4").glob("*.png")) == ["a.png", "b.png", "c.png"]
+
+
+def test_pairing_is_strict_unless_asked(tmp_path):
+    """Training validation keeps refusing a folder with a missing ground truth (pair_images strict)."""
+    lr, gt = tmp_path / "lr", tmp_path / "gt"
+    lr.mkdir()
+    gt.mkdir()
+    for n in ("a", "b"):
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(lr / f"{n}.png")
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(gt / "a.png")
+    with pytest.raises(ImageError, match="b.png: no ground truth named b"):
+        pair_images(lr, gt)
+    pairs = pair_images(lr, gt, strict=False)
+    assert [(p.name, p.gt is not None, p.problem is None) for p in pairs] == [("a", True, True), ("b", False, False)]
 
 
 def test_grayscale_and_opaque_rgba_and_stray_files_are_fine(tiny, caplog):
