@@ -2,8 +2,8 @@
 
 ``python -m Utils.download --list`` shows the catalogue and what is already in place;
 ``python -m Utils.download IMDN VGG19 div2k`` fetches entries or groups (``weights``, ``students``,
-``baselines``, ``teachers``, ``backbones``, ``div2k``, ``benchmarks``, ``all``) under ``--root``
-(the repository by default): weights to ``Checkpoints/<Model>/<file>``, DIV2K to ``Datasets/`` and
+``baselines``, ``teachers``, ``backbones``, ``div2k``, ``div2k_x2``, ``div2k_x3``, ``benchmarks``,
+``all``) under ``--root`` (the repository by default): weights to ``Checkpoints/<Model>/<file>``, DIV2K to ``Datasets/`` and
 test sets to ``Datasets2023/``. ``--url-override NAME=URL`` points an entry at a mirror (``file://``
 URLs work too), ``--verify`` checks the files already present against their sums.
 
@@ -139,10 +139,10 @@ def _student(name: str, model: str, sha256: str, extra_mirrors: tuple[str, ...] 
     )
 
 
-def _div2k(name: str) -> Entry:
+def _div2k(name: str, group: str = "div2k") -> Entry:
     return Entry(
         name=name,
-        groups=("div2k",),
+        groups=(group,),
         dest=f"Datasets/{name}.zip",
         url=f"{_DIV2K}/{name}.zip",
         extract=True,
@@ -192,6 +192,20 @@ _ENTRIES: tuple[Entry, ...] = (
         url="https://raw.githubusercontent.com/Zheng222/IMDN/master/checkpoints/IMDN_x4.pth",
         sha256="e660c38221147217a136debeb99eb304d62d9c0f73ac421ed66281b619719714",
         note="official Zheng222/IMDN checkpoint (default fidelity teacher)",
+    ),
+    *(
+        Entry(
+            name=f"IMDN-x{scale}",
+            groups=("weights", "teachers", "baselines"),
+            dest=f"Checkpoints/IMDN/IMDN_x{scale}.pth",
+            url=f"https://raw.githubusercontent.com/Zheng222/IMDN/master/checkpoints/IMDN_x{scale}.pth",
+            sha256=sha,
+            note=f"official Zheng222/IMDN x{scale} checkpoint (fidelity teacher at x{scale})",
+        )
+        for scale, sha in (
+            (2, "740b39653592bd3f49955a21cd9e16f2d37f2c413368cc09327601b8fbe42ce1"),
+            (3, "11b1716a19bc16e5e353e1db798d476169338e631eb170c82d765559888cb028"),
+        )
     ),
     Entry(
         name="ESRGAN",
@@ -297,6 +311,9 @@ _ENTRIES: tuple[Entry, ...] = (
     _div2k("DIV2K_valid_HR"),
     _div2k("DIV2K_train_LR_bicubic_X4"),
     _div2k("DIV2K_valid_LR_bicubic_X4"),
+    # x2 and x3 LR (groups div2k_x2, div2k_x3: only who trains at those scales needs them)
+    *(_div2k(f"DIV2K_{part}_LR_bicubic_X{scale}", f"div2k_x{scale}")
+      for scale in (2, 3) for part in ("train", "valid")),
     # --- test sets ----------------------------------------------------------------------------
     Entry(
         name="Datasets2023",

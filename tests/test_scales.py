@@ -350,3 +350,16 @@ def test_compare_names_the_scale_when_summaries_mix_scales(tmp_path):
     # a summary written before the scale column existed is x4
     write_rows_csv(tmp_path / "old.csv", [row("x4", 4)], [c for c in SUMMARY_COLUMNS if c != "scale"])
     assert [(r["dataset"], r["scale"]) for r in load_summaries([tmp_path / "old.csv"])] == [("Set5", 4)]
+
+
+@pytest.mark.parametrize("scale", [2, 3])
+def test_download_catalogue_has_the_imdn_x2_x3_sums(tmp_path, scale):
+    from Utils import download as dl
+
+    src = need(IMDN_DIR / f"IMDN_x{scale}.pth")
+    dest = dl.entry_path(f"IMDN-x{scale}", tmp_path)
+    assert dest == tmp_path / "Checkpoints" / "IMDN" / f"IMDN_x{scale}.pth"
+    dest.parent.mkdir(parents=True)
+    dest.symlink_to(src.resolve())
+    assert dl.entry_status(f"IMDN-x{scale}", tmp_path) == "verified"
+    assert dl.entry_path(f"DIV2K_train_LR_bicubic_X{scale}", tmp_path).name == f"DIV2K_train_LR_bicubic_X{scale}.zip"
