@@ -1,9 +1,12 @@
-"""Reproduce the reference table of ../shared/data/README.md with main_for_infer.py.
+"""Reproduce the reference table of ../shared/data/README.md, and the IMDN paper's x2/x3 figures, with
+main_for_infer.py.
 
     python bench/reference_figures.py [--sets Set5 Set14] [--out bench/results/reference]
 
-Lays the official Set5/Set14 files out as Datasets2023, evaluates every published checkpoint with
+x4: lays the official Set5/Set14 files out as Datasets2023, evaluates every published checkpoint with
 the seed's command line, and prints a markdown table of ours against the reference (delta in dB).
+x2/x3: prepares the sets from their HR images with ``Utils.prepare_data --mod <scale>`` (MATLAB bicubic),
+evaluates ``IMDN_x2.pth`` / ``IMDN_x3.pth`` with ``--scale`` and prints them against the paper's figures.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ sys.path.insert(0, str(REPO))
 
 import main_for_infer  # noqa: E402
 from Utils.evaluate import link_benchmark_as_datasets2023  # noqa: E402
+from Utils.prepare_data import prepare_testset  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 # (preset, checkpoint) -> {set: (psnr, ssim)} from ../shared/data/README.md
@@ -31,6 +35,40 @@ REFERENCE = {
     ("LBNet_tiny", "LBNet/LBNet-T_X4.pt"): {"Set5": (32.0755, 0.8933), "Set14": (28.5364, 0.7802)},
     ("PAN", "PAN/PANx4_DF2K.pth"): {"Set5": (32.1311, 0.8948), "Set14": (28.6107, 0.7822)},
 }
+# (preset, checkpoint, scale) -> {set: (psnr, ssim)} as published (IMDN paper, Y, border = scale)
+PUBLISHED = {
+    ("IMDN", "IMDN/IMDN_x2.pth", 2): {"Set5": (38.00, 0.9605), "Set14": (33.63, 0.9177)},
+    ("IMDN", "IMDN/IMDN_x3.pth", 3): {"Set5": (34.36, 0.9270), "Set14": (30.32, 0.8417)},
+}
+
+
+def _summary(path: Path) -> dict:
+    with open(path, newline="") as f:
+        return {(r["model"], r["checkpoint"], r["dataset"]): r for r in csv.DictReader(f)}
+
+
+def published_table(shared: Path, out: Path, sets: list[str]) -> bool:
+    """x2/x3 from the HR images (mod = scale); prints the table; True when every figure rounds to the paper's."""
+    result = out / "Result_x23"
+    for (model, rel, scale) in PUBLISHED:
+        for s in sets:
+            prepare_testset(shared / "benchmark" / s / "HR", s, out / "Datasets2023", scale, mod=scale)
+        main_for_infer.main(["--model_name", model, "--checkpoint", str(shared / "weights" / rel), "--scale", str(scale),
+                             "--test_datasets", *sets, "--datasets_root", str(out / "Datasets2023"), "--mod", str(scale),
+                             "--output_folder", str(result), "--no_niqe", "--no_save", "--quiet"])
+    got = _summary(result / "summary.csv")
+    print("\n| checkpoint | scale | " + " | ".join(f"{s} PSNR / SSIM (paper)" for s in sets) + " |")
+    print("|---|---|" + "---|" * len(sets))
+    same = True
+    for (model, rel, scale), ref in PUBLISHED.items():
+        cells = []
+        for s in sets:
+            r = got[(model, Path(rel).name, s)]
+            psnr, ssim = float(r["psnr"]), float(r["ssim"])
+            same &= round(psnr, 2) == ref[s][0] and round(ssim, 4) == ref[s][1]
+            cells.append(f"{psnr:.4f} / {ssim:.4f} ({ref[s][0]:.2f} / {ref[s][1]:.4f})")
+        print(f"| {rel} | x{scale} | " + " | ".join(cells) + " |")
+    return same
 
 
 def main() -> int:
@@ -45,8 +83,7 @@ def main() -> int:
         main_for_infer.main(["--Train", "False", "--model_name", model, "--checkpoint", str(args.shared / "weights" / rel),
                              "--test_datasets", *args.sets, "--datasets_root", str(data), "--output_folder", str(result),
                              "--no_niqe", "--no_save", "--quiet"])
-    with open(result / "summary.csv", newline="") as f:
-        got = {(r["model"], r["checkpoint"], r["dataset"]): r for r in csv.DictReader(f)}
+    got = _summary(result / "summary.csv")
     print("| checkpoint | preset | " + " | ".join(f"{s} PSNR / SSIM (ref) | Δ dB" for s in args.sets) + " |")
     print("|---|---|" + "---|---|" * len(args.sets))
     worst = 0.0
@@ -58,7 +95,8 @@ def main() -> int:
             worst = max(worst, abs(d), abs(float(r["ssim"]) - ref[s][1]) * 20)
             cells.append(f"{float(r['psnr']):.4f} / {float(r['ssim']):.4f} ({ref[s][0]:.4f} / {ref[s][1]:.4f}) | {d:+.4f}")
         print(f"| {rel} | {model} | " + " | ".join(cells) + " |")
-    return 0 if worst <= 0.01 else 1
+    same = published_table(args.shared, args.out, args.sets)
+    return 0 if worst <= 0.01 and same else 1
 
 
 if __name__ == "__main__":
