@@ -32,3 +32,16 @@ def need(path: Path) -> Path:
 @pytest.fixture
 def shared_data() -> Path:
     return need(SHARED_DATA)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module's tests: fast on a shared 2-core machine, fixed arithmetic order."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -38,13 +38,7 @@ SHARED_CHECKPOINTS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: fast on a shared 2-core machine, and a fixed arithmetic order."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _summary(path: Path) -> list[dict]:
