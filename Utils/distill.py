@@ -20,6 +20,7 @@ crops and augments it with the LR/HR box and transform, so a step costs about a 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 from pathlib import Path
 from typing import Optional
@@ -93,18 +94,25 @@ def build_teacher_cache(teacher: FrozenTeacher, dataset, root: Path, key: str, t
         return folder / f"{_cache_key(r.hr_path, f'teacher|{lr}')}.npy"
 
     paths = [entry(r) for r in dataset.records]
-    todo = [i for i, p in enumerate(paths) if not p.is_file()]
-    if todo:
-        log.info("teacher cache %s: computing %d of %d images", folder, len(todo), len(paths))
-    device = next(teacher.net.parameters()).device
-    for i in tqdm(todo, desc=f"cache {teacher.preset.name}", disable=not progress, leave=False):
-        lr, hr = dataset.load_pair(i)
-        sr = super_resolve(teacher.net, img2tensor(lr).to(device), teacher.scale, teacher.preset.pad_multiple, tile=tile,
-                           tile_overlap=32, half_ok=teacher.preset.half_ok)
-        img = tensor2img(sr)
-        if img.shape[:2] != hr.shape[:2]:
-            raise RuntimeError(f"teacher output {img.shape} does not match HR {hr.shape} for {dataset.records[i].hr_path}")
-        _save_npy_atomic(paths[i], img)
+    if all(p.is_file() for p in paths):
+        return paths
+    # Several runs (a study's parallel arms) may build the same cache: one computes, the others wait for
+    # it and then find every entry present, instead of all computing the same images.
+    with open(folder / ".lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        todo = [i for i, p in enumerate(paths) if not p.is_file()]
+        if todo:
+            log.info("teacher cache %s: computing %d of %d images", folder, len(todo), len(paths))
+        device = next(teacher.net.parameters()).device
+        for i in tqdm(todo, desc=f"cache {teacher.preset.name}", disable=not progress, leave=False):
+            lr, hr = dataset.load_pair(i)
+            sr = super_resolve(teacher.net, img2tensor(lr).to(device), teacher.scale, teacher.preset.pad_multiple,
+                               tile=tile, tile_overlap=32, half_ok=teacher.preset.half_ok)
+            img = tensor2img(sr)
+            if img.shape[:2] != hr.shape[:2]:
+                raise RuntimeError(f"teacher output {img.shape} does not match HR {hr.shape} for "
+                                   f"{dataset.records[i].hr_path}")
+            _save_npy_atomic(paths[i], img)
     return paths
 
 

@@ -1,0 +1,140 @@
+"""The weight-free texture-statistics loss (``--Rate_tex``) and its place in the objectives."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from Utils.losses import image_gradients, texture_loss
+
+from .conftest import WEIGHTS, need
+
+DY = 219.0 / 255.0  # Y step between black and white, in [0, 1] units
+
+
+def gray(values: torch.Tensor) -> torch.Tensor:
+    """An HxW tensor of gray levels in [0, 1] as a 1x3xHxW RGB image."""
+    return values.expand(1, 3, *values.shape).clone()
+
+
+def step(size: int, column: int) -> torch.Tensor:
+    img = torch.zeros(size, size)
+    img[:, column:] = 1.0
+    return gray(img)
+
+
+def test_image_gradients_of_a_step():
+    g = image_gradients(step(16, 8))
+    assert g.shape == (1, 2, 16, 16)
+    # Sobel gx is 4 * dY on the two columns beside the step, 0 elsewhere; gy is 0 (replicate padding)
+    expected = torch.zeros(16, 16)
+    expected[:, 7:9] = 4 * DY
+    torch.testing.assert_close(g[0, 0], expected, atol=1e-6, rtol=0)
+    assert g[0, 1].abs().max() < 1e-6  # float rounding of the Y offset only
+
+
+def test_gradw1_known_value_and_position_blindness():
+    flat = gray(torch.full((16, 16), 0.5))
+    # one 16x16 window: 32 of the 256 gx values are 4 dY, the rest 0; gy all 0 -> 32 * 4 dY / 512
+    assert texture_loss(step(16, 8), flat, "gradw1", 16).item() == pytest.approx(0.25 * DY, rel=1e-6)
+    # the same edge elsewhere in the window has the same statistics: no pixel-aligned demand
+    assert texture_loss(step(16, 8), step(16, 4), "gradw1", 16).item() == pytest.approx(0.0, abs=1e-7)
+    # ... which a pixel loss on edge maps does not forgive
+    assert (image_gradients(step(16, 8)) - image_gradients(step(16, 4))).abs().mean() > 0.1
+    # a smaller window that separates the two positions sees the difference
+    assert texture_loss(step(16, 8), step(16, 4), "gradw1", 4).item() > 0.1
+
+
+def test_spectrum_blind_to_circular_shifts_within_a_window():
+    torch.manual_seed(0)
+    tile = 0.2 + 0.6 * torch.rand(8, 8)
+    a = gray(tile.repeat(2, 2))
+    b = gray(torch.roll(tile, shifts=(3, 5), dims=(0, 1)).repeat(2, 2))
+    assert texture_loss(a, b, "spectrum", 8).item() == pytest.approx(0.0, abs=1e-6)
+    assert texture_loss(a, gray(torch.full((16, 16), tile.mean().item())), "spectrum", 8).item() > 0.05
+    # a brightness offset is removed with the tile mean
+    assert texture_loss(a, a + 0.1, "spectrum", 8).item() == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["gradw1", "spectrum"])
+def test_texture_loss_prefers_the_sharp_image_and_carries_gradient(kind):
+    torch.manual_seed(0)
+    sharp = torch.rand(2, 3, 32, 32)
+    blurred = torch.nn.functional.avg_pool2d(sharp, 3, 1, 1, count_include_pad=False)
+    assert texture_loss(blurred, sharp, kind).item() > texture_loss(sharp, sharp, kind).item() == 0
+    s = blurred.clone().requires_grad_(True)
+    texture_loss(s, sharp, kind, sample_mask=torch.tensor([True, False])).backward()
+    assert s.grad[0].abs().sum() > 0 and s.grad[1].abs().sum() == 0  # only the selected sample learns
+
+
+def test_texture_loss_rejects_bad_arguments():
+    x = torch.rand(1, 3, 16, 16)
+    with pytest.raises(ValueError, match="texture kind"):
+        texture_loss(x, x, "fft")
+    with pytest.raises(ValueError, match="window"):
+        texture_loss(x, x, "gradw1", 1)
+    with pytest.raises(ValueError, match="same shape"):
+        texture_loss(x, x[..., :8], "gradw1")
+
+
+def _one_step_changes_student(objective, batch) -> bool:
+    from Model import build_model
+
+    torch.manual_seed(0)
+    student = build_model("RFDN", 4)
+    before = [p.detach().clone() for p in student.parameters()]
+    opt = torch.optim.Adam(student.parameters(), lr=1e-3)
+    terms, _ = objective(student(batch["lr"]), batch)
+    assert set(terms) >= {"tex"}
+    assert all(float(v) == 0 for k, v in terms.items() if k != "tex"), terms  # every other term is weighted 0
+    torch.stack(list(terms.values())).sum().backward()
+    opt.step()
+    return any(not torch.equal(b, p) for b, p in zip(before, student.parameters()))
+
+
+def _batch() -> dict:
+    torch.manual_seed(1)
+    hr = torch.rand(2, 3, 64, 64)
+    return {"lr": torch.nn.functional.avg_pool2d(hr, 4), "hr": hr}
+
+
+def test_texture_term_alone_trains_the_student_on_ground_truth():
+    from Utils.objectives import GroundTruthObjective
+
+    obj = GroundTruthObjective({"Rate_l1": 0.0, "Rate_tex": 1.0, "scale": 4}, torch.device("cpu"))
+    assert obj.term_names == ("l1", "tex")
+    assert _one_step_changes_student(obj, _batch())
+
+
+def test_texture_term_alone_trains_the_student_from_the_perceptual_teacher():
+    from Utils.distill import DTKDObjective
+
+    cfg = {"t1_model_name": "IMDN", "t1_checkpoint": str(need(WEIGHTS / "IMDN" / "IMDN_x4.pth")),
+           "t2_model_name": "RFDN", "t2_checkpoint": str(need(WEIGHTS / "SRDTKD" / "DTKD-RFDN-perceptual.pth")),
+           "entropy_gate": "0", "loss_attn": "both", "Rate_l1": 0.0, "Rate_kd": 0.0, "Rate_tex": 1.0,
+           "t2_pixel_kd": False, "scale": 4}
+    obj = DTKDObjective(cfg, torch.device("cpu"))
+    assert obj.term_names == ("l1", "kd", "tex")
+    assert obj.stat_names == ("frac_perceptual", "kd_err", "kd_trust")
+    assert _one_step_changes_student(obj, _batch())
+    # no sample routed to P (gate 8 bits): the texture term is an exact zero
+    obj.router.gate = 8.0
+    from Model import build_model
+
+    b = _batch()
+    terms, stats = obj(build_model("RFDN", 4)(b["lr"]), b)
+    assert float(terms["tex"]) == 0 and float(stats["frac_perceptual"]) == 0
+
+
+def test_error_and_trust_parts_are_logged_and_sum_to_the_kd_term():
+    from Model import build_model
+    from Utils.distill import DTKDObjective
+
+    cfg = {"t1_model_name": "IMDN", "t1_checkpoint": str(need(WEIGHTS / "IMDN" / "IMDN_x4.pth")),
+           "t2_model_name": "RFDN", "t2_checkpoint": str(need(WEIGHTS / "SRDTKD" / "DTKD-RFDN-perceptual.pth")),
+           "entropy_gate": "none", "loss_attn": "both", "Rate_kd": 0.7, "scale": 4}
+    obj = DTKDObjective(cfg, torch.device("cpu"))
+    b = _batch()
+    with torch.no_grad():
+        terms, stats = obj(build_model("RFDN", 4)(b["lr"]), b)
+    assert float(stats["kd_err"]) > 0 and float(stats["kd_trust"]) > 0
+    assert float(stats["kd_err"] + stats["kd_trust"]) == pytest.approx(float(terms["kd"]), rel=1e-6)
