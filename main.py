@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -88,8 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--Rate_tex", type=float, default=0.0,
       help="weight of the texture-statistics loss (ours, weight-free): to the perceptual teacher on "
            "texture-rich samples in DTKD, to the ground truth otherwise (EdgeSRN stage 2)")
-    a("--tex_kind", default="gradw1", choices=["gradw1", "spectrum"],
-      help="texture statistics: local Sobel-derivative distributions (Wasserstein-1) or local amplitude spectra")
+    a("--tex_kind", default="gradw1", choices=["gradw1", "lapw1", "spectrum"],
+      help="texture statistics: local distributions (Wasserstein-1) of Sobel derivatives (gradw1) or of the "
+           "Laplacian (lapw1), or local amplitude spectra (spectrum)")
     a("--tex_window", type=int, default=16, help="tile size (HR pixels) of the texture statistics")
     a("--vgg_weights", default=None, help="local VGG19 weights (default: torchvision's file via torch.hub)")
     # distillation (DTKD)
@@ -154,7 +156,25 @@ def _validate_only(cfg: dict) -> int:
                                 "--test_folder", str(folder), "--scale", str(cfg["scale"])])
 
 
+def _die_with_parent() -> None:
+    """With ``DTKD_PARENT_PID`` set (the study runner sets it), get SIGTERM when that process dies, so a
+    killed runner leaves no orphan training (SIGTERM saves ``latest.pth`` and stops). Linux only."""
+    parent = os.environ.get("DTKD_PARENT_PID")
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(parent):  # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    _die_with_parent()
     cfg = parse_config(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")

@@ -43,14 +43,14 @@ PathLike = Union[str, Path]
 __all__ = [
     "l1_loss", "edge_map", "edge_loss", "backprojection_loss", "error_attention_l1",
     "trust_attention_l1", "kd_loss", "rgb_to_y", "KD_ATTN_CHOICES", "EDGE_KINDS", "TEXTURE_KINDS",
-    "image_gradients", "texture_loss",
+    "image_gradients", "image_laplacian", "texture_loss",
     "VGG19_URL", "VGG19_LAYERS", "VGGFeatureExtractor", "PerceptualLoss", "PerceptualWeightsError",
 ]
 
 VGG19_URL = "https://download.pytorch.org/models/vgg19-dcbbb0fc.pth"
 KD_ATTN_CHOICES = ("none", "error", "trust", "both")
 EDGE_KINDS = ("sobel", "laplacian")
-TEXTURE_KINDS = ("gradw1", "spectrum")
+TEXTURE_KINDS = ("gradw1", "lapw1", "spectrum")
 
 # BT.601 luma on [0, 1] values: Y = (16 + 65.481 R + 128.553 G + 24.966 B) / 255.
 _Y_WEIGHTS = (65.481 / 255.0, 128.553 / 255.0, 24.966 / 255.0)
@@ -189,6 +189,14 @@ def image_gradients(x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(y, torch.stack([kx, kx.t()]).unsqueeze(1))
 
 
+def image_laplacian(x: torch.Tensor) -> torch.Tensor:
+    """Signed 4-neighbour Laplacian ``Nx1xHxW`` (replicate padding) of the Y channel, float32: the finest
+    scale of detail (grain), where Sobel derivatives also respond to coarser edges."""
+    with _no_autocast(x):
+        y = F.pad(rgb_to_y(x), (1, 1, 1, 1), mode="replicate")
+        return F.conv2d(y, torch.tensor(_LAPLACIAN, dtype=torch.float32, device=x.device).view(1, 1, 3, 3))
+
+
 def _windows(x: torch.Tensor, window: int) -> torch.Tensor:
     """Non-overlapping ``window`` x ``window`` tiles of ``x`` (NxCxHxW) as ``N x C x window^2 x L``.
 
@@ -212,6 +220,7 @@ def texture_loss(s: torch.Tensor, t: torch.Tensor, kind: str = "gradw1", window:
     (sort both sets of values, mean absolute difference of the sorted lists). It is zero when the two
     tiles hold the same derivative values in any arrangement; it rises when ``s`` has fewer or weaker
     edges than ``t`` (blur) as well as more (noise).
+    ``lapw1``: the same with the signed 4-neighbour Laplacian of Y, the finest scale of detail (grain).
     ``spectrum``: in each tile, the mean absolute difference of the amplitude spectra (2-D FFT of Y,
     tile mean removed, orthonormal), which ignores phase and hence position within the tile.
 
@@ -224,9 +233,10 @@ def texture_loss(s: torch.Tensor, t: torch.Tensor, kind: str = "gradw1", window:
     if window < 2:
         raise ValueError(f"texture window must be at least 2, got {window}")
     with _no_autocast(s):
-        if kind == "gradw1":
-            ws = _windows(image_gradients(s), window).sort(dim=2).values
-            wt = _windows(image_gradients(t), window).sort(dim=2).values
+        if kind in ("gradw1", "lapw1"):
+            detail = image_gradients if kind == "gradw1" else image_laplacian
+            ws = _windows(detail(s), window).sort(dim=2).values
+            wt = _windows(detail(t), window).sort(dim=2).values
             per_sample = (ws - wt).abs().flatten(1).mean(dim=1)
         else:
             k = min(window, s.shape[-2], s.shape[-1])

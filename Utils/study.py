@@ -26,8 +26,9 @@ Each run is an ordinary experiment folder ``<out>/exp/<arm>_s<seed>/`` (``--auto
 into ``<out>/eval/<arm>_s<seed>/`` (``summary.csv`` of ``main_for_infer.py``, then ``result.json``,
 written last and atomically: a run with a ``result.json`` is finished and never redone). Killed at
 any moment and restarted, the study resumes interrupted runs exactly where their ``latest.pth``
-stands; a training process dies with the runner (it saves ``latest.pth`` on the way out), and a
-per-run lock keeps two runners from ever training the same run. A run whose flags changed since it
+stands; a training process dies with the runner (``DTKD_PARENT_PID``: it gets SIGTERM, saves
+``latest.pth`` and stops), and a per-run lock, held by the runner and inherited by its training
+process, keeps two runners from ever training the same run at once. A run whose flags changed since it
 started is an error, never silently mixed in.
 
 Results in ``<out>/``: ``runs.csv`` (one row per run and test set), ``summary.csv`` (per arm and test
@@ -40,14 +41,12 @@ Exit status: 0 when every run finished, 1 when some failed (the others are kept 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import fcntl
 import hashlib
 import json
 import logging
 import math
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -279,19 +278,12 @@ def load_study(path: PathLike) -> Study:
 
 # ----------------------------------------------------------------------------- running
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Linux: the training process gets SIGTERM (and saves latest.pth) when the runner dies."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 def _child_env(threads: int) -> dict[str, str]:
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[var] = str(threads)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+    env["DTKD_PARENT_PID"] = str(os.getpid())  # main.py then dies with the runner (and saves latest.pth)
     return env
 
 
@@ -306,7 +298,7 @@ def _run_logged(cmd: list[str], log_path: Path, env: dict, lock_fd: int) -> int:
         out.write(f"\n$ {' '.join(cmd)}\n".encode())
         out.flush()
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, pass_fds=(lock_fd,),
-                                preexec_fn=_die_with_parent, stdin=subprocess.DEVNULL)
+                                stdin=subprocess.DEVNULL)
         return proc.wait()
 
 

@@ -142,27 +142,30 @@ def test_killed_study_restarts_to_the_same_summary_without_redoing_finished_runs
     assert (tmp_path / "ref" / "perception_distortion.png").stat().st_size > 0
 
     study_file = _study_file(tiny_data, tmp_path / "cut", tmp_path / "cut.yaml")
-    first = tmp_path / "cut" / "eval" / "gt_s0" / "result.json"
+    cut_dir = tmp_path / "cut"
+    first = cut_dir / "eval" / "gt_s0" / "result.json"
+    second = cut_dir / "exp" / "gt_s1" / "checkpoints" / "latest.pth"  # saved at iteration 2 of 6
     proc = _cli(study_file)
     deadline = time.time() + 300
-    while not first.is_file() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    assert first.is_file(), "the first run never finished"
-    time.sleep(1.0)  # the second run is starting or training
-    proc.send_signal(signal.SIGKILL)
+    while not second.is_file() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    assert first.is_file() and second.is_file(), "the study never reached its second run"
+    proc.send_signal(signal.SIGKILL)  # the runner dies; its training process saves latest.pth and exits
     proc.wait()
-    stamp = (first.stat().st_mtime_ns, first.read_text())
-    weights = tmp_path / "cut" / "exp" / "gt_s0" / "weights" / "final.pth"
-    w_stamp = weights.stat().st_mtime_ns
-    log_before = (tmp_path / "cut" / "exp" / "gt_s0" / "log.csv").read_text()
+    finished = sorted(p.parent.name for p in (cut_dir / "eval").glob("*/result.json"))
+    assert "gt_s0" in finished
+    stamps = {r: ((cut_dir / "eval" / r / "result.json").stat().st_mtime_ns,
+                  (cut_dir / "exp" / r / "weights" / "final.pth").stat().st_mtime_ns,
+                  (cut_dir / "exp" / r / "log.csv").read_text()) for r in finished}
 
     proc = _cli(study_file)
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out
-    assert "1 finished, 3 to do" in out
-    assert (first.stat().st_mtime_ns, first.read_text()) == stamp  # finished run not redone
-    assert weights.stat().st_mtime_ns == w_stamp
-    assert (tmp_path / "cut" / "exp" / "gt_s0" / "log.csv").read_text() == log_before
+    assert f"{len(finished)} finished, {4 - len(finished)} to do" in out, out
+    for r, stamp in stamps.items():  # finished runs are not redone
+        assert ((cut_dir / "eval" / r / "result.json").stat().st_mtime_ns,
+                (cut_dir / "exp" / r / "weights" / "final.pth").stat().st_mtime_ns,
+                (cut_dir / "exp" / r / "log.csv").read_text()) == stamp, r
     cut = pd.read_csv(tmp_path / "cut" / "summary.csv")
     pd.testing.assert_frame_equal(cut, ref)  # exact resume: the same numbers
 

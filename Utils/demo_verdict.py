@@ -1,0 +1,70 @@
+"""The demo's verdict: did the perceptual teacher and the DTKD student do what the method claims?
+
+    python -m Utils.demo_verdict demo_output/Result/summary.csv --dataset Demo \\
+        --fidelity demo_teacher_imdn.pth --perceptual demo_edgesrn_edge.pth \\
+        --baseline demo_rfdn_gt.pth --student demo_rfdn_dtkd.pth
+
+Two checks, on one test set, from the ``summary.csv`` rows of ``main_for_infer.py``:
+
+* the perceptual teacher is perceptual: NIQE at least ``--teacher_niqe_margin`` (0.5) below the
+  fidelity teacher's, at most ``--teacher_psnr_margin`` (1.5) dB below it in PSNR;
+* the DTKD student is better looking than the ground-truth-only student: lower NIQE, at most
+  ``--student_psnr_margin`` (0.1) dB lower PSNR.
+
+It prints one line per check (PASS or FAIL with the figures) and exits 0 either way: the demo reports
+what it measured; ``--strict`` makes a failed check exit 1.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+import pandas as pd
+
+
+def _row(table: pd.DataFrame, checkpoint: str, dataset: str) -> pd.Series:
+    rows = table[(table["checkpoint"] == checkpoint) & (table["dataset"] == dataset)]
+    if rows.empty:
+        raise SystemExit(f"error: no row for checkpoint {checkpoint} on {dataset} in the summary")
+    return rows.iloc[-1]
+
+
+def verdict(table: pd.DataFrame, dataset: str, fidelity: str, perceptual: str, baseline: str, student: str,
+            teacher_niqe_margin: float = 0.5, teacher_psnr_margin: float = 1.5,
+            student_psnr_margin: float = 0.1) -> list[tuple[bool, str]]:
+    """``(passed, line)`` for the teacher check and the student check."""
+    f, p = _row(table, fidelity, dataset), _row(table, perceptual, dataset)
+    b, s = _row(table, baseline, dataset), _row(table, student, dataset)
+    t_ok = p["niqe"] <= f["niqe"] - teacher_niqe_margin and p["psnr"] >= f["psnr"] - teacher_psnr_margin
+    s_ok = s["niqe"] < b["niqe"] and s["psnr"] >= b["psnr"] - student_psnr_margin
+    return [
+        (bool(t_ok), f"perceptual teacher {perceptual}: NIQE {p['niqe']:.3f} vs fidelity teacher {f['niqe']:.3f} "
+                     f"({p['niqe'] - f['niqe']:+.3f}, needs <= -{teacher_niqe_margin:g}); PSNR {p['psnr']:.3f} vs "
+                     f"{f['psnr']:.3f} ({p['psnr'] - f['psnr']:+.3f} dB, needs >= -{teacher_psnr_margin:g})"),
+        (bool(s_ok), f"DTKD student {student}: NIQE {s['niqe']:.3f} vs ground-truth-only {b['niqe']:.3f} "
+                     f"({s['niqe'] - b['niqe']:+.3f}, needs < 0); PSNR {s['psnr']:.3f} vs {b['psnr']:.3f} "
+                     f"({s['psnr'] - b['psnr']:+.3f} dB, needs >= -{student_psnr_margin:g})"),
+    ]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("summary", help="summary.csv of main_for_infer.py")
+    p.add_argument("--dataset", required=True)
+    for role in ("fidelity", "perceptual", "baseline", "student"):
+        p.add_argument(f"--{role}", required=True, help=f"checkpoint file name of the {role} model")
+    p.add_argument("--teacher_niqe_margin", type=float, default=0.5)
+    p.add_argument("--teacher_psnr_margin", type=float, default=1.5)
+    p.add_argument("--student_psnr_margin", type=float, default=0.1)
+    p.add_argument("--strict", action="store_true", help="exit 1 when a check fails")
+    args = p.parse_args(argv)
+    checks = verdict(pd.read_csv(args.summary), args.dataset, args.fidelity, args.perceptual, args.baseline,
+                     args.student, args.teacher_niqe_margin, args.teacher_psnr_margin, args.student_psnr_margin)
+    for ok, line in checks:
+        print(f"{'PASS' if ok else 'FAIL'}  {line}")
+    return 1 if args.strict and not all(ok for ok, _ in checks) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
