@@ -2,9 +2,12 @@
 # DTKD demo.
 #
 #   bash demo.sh          quick demo on embedded data (scikit-image photos), CPU, no download, minutes:
-#                         trains a small fidelity teacher (IMDN) and a small EdgeSRN (two stages), an RFDN
-#                         baseline on ground truth and an RFDN student with DTKD, evaluates all of them
-#                         and prints the comparison table and the perception-distortion plot.
+#                         trains a small fidelity teacher (IMDN) and a small EdgeSRN (two stages: L1, then
+#                         L1 + edge + texture statistics), an RFDN baseline on ground truth and an RFDN
+#                         student with DTKD (texture-statistics transfer from the perceptual teacher),
+#                         evaluates all of them, prints the comparison table, the perception-distortion
+#                         plot and the verdict: is the teacher perceptual, is the student sharper than the
+#                         baseline at (nearly) the same PSNR?
 #                         Published teachers in Checkpoints/IMDN/IMDN_x4.pth or Checkpoints/EdgeSRN/EdgeSRN_x4.pth
 #                         are used instead of training small ones when present.
 #   bash demo.sh paper    the paper-scale recipe on DIV2K (GPU; downloads DIV2K and the IMDN teacher).
@@ -22,14 +25,19 @@ if [ -z "${DTKD_NIQE_PARAMS:-}" ] && [ -f ../shared/data/weights/perceptual/niqe
 fi
 step() { printf '\n== %s ==\n' "$*"; }
 weights() { echo "$EXP/$1/weights/final.pth"; }
+# the file name a checkpoint is evaluated under: a run's weights/final.pth is copied as <run name>.pth
+evalname() { if [ "$(basename "$1")" = "final.pth" ]; then echo "$(basename "$(dirname "$(dirname "$1")")").pth";
+             else basename "$1"; fi; }
 
 if [ "$MODE" = "quick" ]; then
   step "demo data (scikit-image sample photos, MATLAB-bicubic x4 LR)"
   $PY -m Utils.demo_data --out demo_data
   TRAIN=(--train_hr demo_data/train/HR --train_lr demo_data/train/LR_bicubic/X4)
   TEST=demo_data/Datasets2023/GTmod12_LRx4/Demo_LRbicx4
+  # one progress bar per training stage (no --quiet); logging shows what each stage loads
   COMMON=(--experiments_root "$EXP" --cache_dir "$EXP/cache" --valid_dataset "$TEST" --patch_size 64
-          --batch_size 8 --num_workers 0 --auto_resume --quiet --seed 0)
+          --batch_size 8 --num_workers 0 --auto_resume --seed 0)
+  TEX=(--tex_kind spectrum --tex_window 16)  # the weight-free texture-statistics term (README, "DTKD: the method")
   ITERS=${DTKD_DEMO_ITERS:-300}
 
   if [ -f Checkpoints/IMDN/IMDN_x4.pth ]; then
@@ -48,10 +56,10 @@ if [ "$MODE" = "quick" ]; then
     step "perceptual teacher: EdgeSRN stage 1, L1 pre-training"
     $PY main.py --model_name "$T2_MODEL" --name demo_edgesrn_l1 --iters "$ITERS" --test_every "$ITERS" \
       --lr 1e-3 "${TRAIN[@]}" "${COMMON[@]}"
-    step "perceptual teacher: EdgeSRN stage 2, L1 + edge loss (VGG term off: --Rate_lpts 0 without its weights)"
+    step "perceptual teacher: EdgeSRN stage 2, L1 + edge + texture statistics (VGG term off without its weights)"
     $PY main.py --model_name "$T2_MODEL" --name demo_edgesrn_edge --checkpoint "$(weights demo_edgesrn_l1)" \
-      --iters $((ITERS / 2)) --test_every $((ITERS / 2)) --lr 2e-4 --Rate_lm 0.1 --Rate_lpts 0 \
-      "${TRAIN[@]}" "${COMMON[@]}"
+      --iters $((ITERS / 2)) --test_every $((ITERS / 2)) --lr 2e-4 --Rate_lm 1 --Rate_lpts 0 \
+      --Rate_tex "${DTKD_DEMO_TEACHER_TEX:-30}" "${TEX[@]}" "${TRAIN[@]}" "${COMMON[@]}"
     T2=$(weights demo_edgesrn_edge)
   fi
 
@@ -60,26 +68,29 @@ if [ "$MODE" = "quick" ]; then
   $PY main.py --model_name RFDN --name demo_rfdn_gt --iters "$ITERS" --test_every "$EVERY" --lr 1e-3 \
     "${TRAIN[@]}" "${COMMON[@]}"
 
-  step "DTKD student: RFDN with IMDN + EdgeSRN, entropy routing, error+trust attention ($ITERS iterations)"
+  step "DTKD student: RFDN with IMDN + EdgeSRN, entropy routing, error+trust attention, texture transfer ($ITERS iterations)"
   $PY main.py --model_name RFDN --name demo_rfdn_dtkd --iters "$ITERS" --test_every "$EVERY" --lr 1e-3 \
     --train_by_TT True --t1_model_name IMDN --t1_checkpoint "$T1" --t2_model_name "$T2_MODEL" --t2_checkpoint "$T2" \
-    --entropy_gate auto --loss_attn both --Rate_l1 1 --Rate_kd 1 --Rate_lm 0.05 --Rate_lpts 0 \
+    --entropy_gate auto --loss_attn both --Rate_l1 1 --Rate_kd 1 --Rate_lpts 0 \
+    --t2_pixel_kd False --Rate_tex "${DTKD_DEMO_STUDENT_TEX:-10}" "${TEX[@]}" \
     --teacher_cache "$EXP/teacher_cache" "${TRAIN[@]}" "${COMMON[@]}"
 
   step "evaluation on the demo test set"
   for spec in "IMDN:$T1" "$T2_MODEL:$T2" "RFDN:$(weights demo_rfdn_gt)" "RFDN:$(weights demo_rfdn_dtkd)"; do
     model=${spec%%:*}; ckpt=${spec#*:}
-    name=$(basename "$(dirname "$(dirname "$ckpt")")")
     # weights/final.pth of every run: copy under the run's name so results and rows read clearly
     if [ "$(basename "$ckpt")" = "final.pth" ]; then
-      mkdir -p "$OUT/weights"; cp "$ckpt" "$OUT/weights/$name.pth"; ckpt="$OUT/weights/$name.pth"
+      mkdir -p "$OUT/weights"; cp "$ckpt" "$OUT/weights/$(evalname "$ckpt")"; ckpt="$OUT/weights/$(evalname "$ckpt")"
     fi
     $PY main_for_infer.py --Train False --model_name "$model" --checkpoint "$ckpt" --test_folder "$TEST" \
-      --output_folder "$OUT/Result" --quiet
+      --output_folder "$OUT/Result"
   done
 
   step "comparison"
   $PY -m Utils.compare "$OUT/Result/summary.csv" --out "$OUT"
+  step "verdict"
+  $PY -m Utils.demo_verdict "$OUT/Result/summary.csv" --dataset Demo --fidelity "$(evalname "$T1")" \
+    --perceptual "$(evalname "$T2")" --baseline demo_rfdn_gt.pth --student demo_rfdn_dtkd.pth
   echo
   echo "table:  $OUT/compare.md  ($OUT/compare.csv)"
   echo "plot:   $OUT/perception_distortion.png"

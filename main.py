@@ -89,9 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--Rate_tex", type=float, default=0.0,
       help="weight of the texture-statistics loss (ours, weight-free): to the perceptual teacher on "
            "texture-rich samples in DTKD, to the ground truth otherwise (EdgeSRN stage 2)")
-    a("--tex_kind", default="gradw1", choices=["gradw1", "lapw1", "spectrum"],
-      help="texture statistics: local distributions (Wasserstein-1) of Sobel derivatives (gradw1) or of the "
-           "Laplacian (lapw1), or local amplitude spectra (spectrum)")
+    a("--tex_kind", default="gradw1", choices=["gradw1", "lapw1", "spectrum", "radial", "mscn"],
+      help="texture statistics: local distributions (Wasserstein-1) of Sobel derivatives (gradw1), of the "
+           "Laplacian (lapw1) or of MSCN coefficients and their neighbour products (mscn), or local "
+           "amplitude spectra (spectrum) or their ring averages (radial: detail per scale, any orientation)")
     a("--tex_window", type=int, default=16, help="tile size (HR pixels) of the texture statistics")
     a("--vgg_weights", default=None, help="local VGG19 weights (default: torchvision's file via torch.hub)")
     # distillation (DTKD)

@@ -43,14 +43,14 @@ PathLike = Union[str, Path]
 __all__ = [
     "l1_loss", "edge_map", "edge_loss", "backprojection_loss", "error_attention_l1",
     "trust_attention_l1", "kd_loss", "rgb_to_y", "KD_ATTN_CHOICES", "EDGE_KINDS", "TEXTURE_KINDS",
-    "image_gradients", "image_laplacian", "texture_loss",
+    "image_gradients", "image_laplacian", "mscn_features", "texture_loss",
     "VGG19_URL", "VGG19_LAYERS", "VGGFeatureExtractor", "PerceptualLoss", "PerceptualWeightsError",
 ]
 
 VGG19_URL = "https://download.pytorch.org/models/vgg19-dcbbb0fc.pth"
 KD_ATTN_CHOICES = ("none", "error", "trust", "both")
 EDGE_KINDS = ("sobel", "laplacian")
-TEXTURE_KINDS = ("gradw1", "lapw1", "spectrum")
+TEXTURE_KINDS = ("gradw1", "lapw1", "spectrum", "radial", "mscn")
 
 # BT.601 luma on [0, 1] values: Y = (16 + 65.481 R + 128.553 G + 24.966 B) / 255.
 _Y_WEIGHTS = (65.481 / 255.0, 128.553 / 255.0, 24.966 / 255.0)
@@ -197,6 +197,46 @@ def image_laplacian(x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(y, torch.tensor(_LAPLACIAN, dtype=torch.float32, device=x.device).view(1, 1, 3, 3))
 
 
+def _gaussian_blur(x: torch.Tensor, size: int = 7, sigma: float = 7.0 / 6.0) -> torch.Tensor:
+    """Separable Gaussian blur of an NxCxHxW tensor with replicate padding (float32)."""
+    r = torch.arange(size, dtype=torch.float32, device=x.device) - (size - 1) / 2
+    g = torch.exp(-r ** 2 / (2 * sigma ** 2))
+    g = (g / g.sum()).to(x.dtype)
+    c = x.shape[1]
+    x = F.pad(x, (size // 2,) * 4, mode="replicate")
+    x = F.conv2d(x, g.view(1, 1, 1, size).expand(c, 1, 1, size).contiguous(), groups=c)
+    return F.conv2d(x, g.view(1, 1, size, 1).expand(c, 1, size, 1).contiguous(), groups=c)
+
+
+def mscn_features(x: torch.Tensor) -> torch.Tensor:
+    """Natural-scene statistics of Y (Mittal et al.): the mean-subtracted contrast-normalised (MSCN)
+    coefficients ``(Y - mu) / (sigma + 1)`` on 0-255 values with a 7x7 Gaussian window (sigma 7/6), and
+    their products with the right and lower neighbours: ``Nx3xHxW`` float32 (the last row/column of the
+    products repeat their neighbour). These are the quantities NIQE and BRISQUE model."""
+    with _no_autocast(x):
+        y = 255.0 * rgb_to_y(x)
+        mu = _gaussian_blur(y)
+        sigma = (_gaussian_blur(y * y) - mu * mu).clamp_min(0).add(1e-6).sqrt()
+        m = (y - mu) / (sigma + 1.0)
+        horiz = F.pad(m[..., :, :-1] * m[..., :, 1:], (0, 1, 0, 0), mode="replicate")
+        vert = F.pad(m[..., :-1, :] * m[..., 1:, :], (0, 0, 0, 1), mode="replicate")
+        return torch.cat([m, horiz, vert], dim=1)
+
+
+def _radial_bins(k: int, device: torch.device) -> torch.Tensor:
+    """``(k * (k//2 + 1)) x R`` averaging matrix from a k x k tile's rfft2 grid to rings of integer
+    radial frequency 1..k//2 (the DC term and the corners beyond k//2 are left out); each ring's mean
+    is over the full frequency plane, so turning the tile by 90 degrees leaves it unchanged."""
+    fy = torch.fft.fftfreq(k, device=device).mul(k).abs()
+    fx = torch.fft.rfftfreq(k, device=device).mul(k)
+    radius = torch.sqrt(fy[:, None] ** 2 + fx[None, :] ** 2).round().long().flatten()
+    rings = torch.arange(1, k // 2 + 1, device=device)
+    # rfft2 keeps half of the plane: a column other than 0 and k/2 stands for itself and its mirror
+    twice = ((fx > 0) & (fx < k / 2)).float() + 1.0
+    member = (radius[:, None] == rings[None, :]).float() * twice.repeat(k)[:, None]
+    return member / member.sum(dim=0, keepdim=True)
+
+
 def _windows(x: torch.Tensor, window: int) -> torch.Tensor:
     """Non-overlapping ``window`` x ``window`` tiles of ``x`` (NxCxHxW) as ``N x C x window^2 x L``.
 
@@ -221,6 +261,11 @@ def texture_loss(s: torch.Tensor, t: torch.Tensor, kind: str = "gradw1", window:
     tiles hold the same derivative values in any arrangement; it rises when ``s`` has fewer or weaker
     edges than ``t`` (blur) as well as more (noise).
     ``lapw1``: the same with the signed 4-neighbour Laplacian of Y, the finest scale of detail (grain).
+    ``radial``: the tile's power spectrum averaged over rings of equal radial frequency (log scale):
+    how much detail there is at each scale, blind to orientation as well as to position.
+    ``mscn``: the same with the MSCN coefficients of Y and their neighbour products
+    (:func:`mscn_features`), the natural-scene statistics that NIQE measures: it asks for the
+    teacher's (or the ground truth's) local contrast structure, not for its pixels.
     ``spectrum``: in each tile, the mean absolute difference of the amplitude spectra (2-D FFT of Y,
     tile mean removed, orthonormal), which ignores phase and hence position within the tile.
 
@@ -233,8 +278,8 @@ def texture_loss(s: torch.Tensor, t: torch.Tensor, kind: str = "gradw1", window:
     if window < 2:
         raise ValueError(f"texture window must be at least 2, got {window}")
     with _no_autocast(s):
-        if kind in ("gradw1", "lapw1"):
-            detail = image_gradients if kind == "gradw1" else image_laplacian
+        if kind in ("gradw1", "lapw1", "mscn"):
+            detail = {"gradw1": image_gradients, "lapw1": image_laplacian, "mscn": mscn_features}[kind]
             ws = _windows(detail(s), window).sort(dim=2).values
             wt = _windows(detail(t), window).sort(dim=2).values
             per_sample = (ws - wt).abs().flatten(1).mean(dim=1)
@@ -245,7 +290,11 @@ def texture_loss(s: torch.Tensor, t: torch.Tensor, kind: str = "gradw1", window:
                 tiles = _windows(rgb_to_y(x), window)  # N x 1 x k*k x L
                 tiles = tiles - tiles.mean(dim=2, keepdim=True)
                 tiles = tiles.permute(0, 1, 3, 2).reshape(*tiles.shape[:2], tiles.shape[3], k, k)
-                return torch.fft.rfft2(tiles, norm="ortho").abs()
+                amp = torch.fft.rfft2(tiles, norm="ortho").abs()
+                if kind == "spectrum":
+                    return amp
+                bins = _radial_bins(k, x.device)  # (k * (k//2+1)) x R, rows sum to 1 per ring
+                return torch.log1p(amp.pow(2).flatten(-2) @ bins / 1e-4)
 
             per_sample = (amplitude(s) - amplitude(t)).abs().flatten(1).mean(dim=1)
         return _masked_mean(per_sample, _weights(sample_mask, s.shape[0], s))

@@ -138,3 +138,39 @@ def test_error_and_trust_parts_are_logged_and_sum_to_the_kd_term():
         terms, stats = obj(build_model("RFDN", 4)(b["lr"]), b)
     assert float(stats["kd_err"]) > 0 and float(stats["kd_trust"]) > 0
     assert float(stats["kd_err"] + stats["kd_trust"]) == pytest.approx(float(terms["kd"]), rel=1e-6)
+
+
+def test_mscn_features_known_values():
+    from Utils.losses import mscn_features
+
+    flat = gray(torch.full((20, 20), 0.3))
+    assert mscn_features(flat).abs().max() < 1e-4  # no contrast: every coefficient is 0
+    # a vertical step: MSCN is antisymmetric about the edge, zero far from it, and bounded by
+    # (Y - mu) / (sigma + 1) < 255 / 1
+    m = mscn_features(step(20, 10))[0]
+    assert m.shape == (3, 20, 20)
+    torch.testing.assert_close(m[0, :, 9], -m[0, :, 10], atol=1e-3, rtol=0)
+    assert m[0, :, 9].mean() < -0.5 and m[0, :, :3].abs().max() < 1e-4
+    # the neighbour products: horizontal product across the edge is negative, vertical one positive
+    assert m[1, 5, 9] < 0 < m[2, 5, 9]
+
+
+def test_mscn_texture_loss_is_blind_to_position_and_sees_blur():
+    torch.manual_seed(0)
+    tile = torch.rand(16, 16)
+    a = gray(tile)
+    b = gray(torch.flip(tile, dims=(1,)))  # the same texture mirrored: same statistics up to the borders
+    c = gray(torch.nn.functional.avg_pool2d(tile[None, None], 3, 1, 1, count_include_pad=False)[0, 0])
+    assert texture_loss(a, b, "mscn", 16).item() < 0.25 * texture_loss(a, c, "mscn", 16).item()
+
+
+def test_radial_spectrum_blind_to_orientation_and_shift():
+    torch.manual_seed(0)
+    tile = 0.2 + 0.6 * torch.rand(16, 16)
+    a = gray(tile)
+    turned = gray(tile.t().contiguous())  # a 90-degree turn (transpose) keeps every ring's power
+    shifted = gray(torch.roll(tile, shifts=(5, 2), dims=(0, 1)))
+    assert texture_loss(a, turned, "radial", 16).item() == pytest.approx(0.0, abs=1e-5)
+    assert texture_loss(a, shifted, "radial", 16).item() == pytest.approx(0.0, abs=1e-5)
+    blurred = gray(torch.nn.functional.avg_pool2d(tile[None, None], 3, 1, 1, count_include_pad=False)[0, 0])
+    assert texture_loss(a, blurred, "radial", 16).item() > 0.3  # lost power at high radial frequencies
