@@ -30,4 +30,6 @@ def test_demo_script_end_to_end(tmp_path):
         with Image.open(out / "perception_distortion.png") as im:
             assert im.format == "PNG" and im.size[0] > 400
     log = (out / "experiments" / "demo_rfdn_dtkd" / "log.csv").read_text().splitlines()
-    assert log[0].startswith("iter,lr,l1,kd,edge,total,nonfinite,frac_perceptual") and len(log) == 13
+    assert log[0].startswith("iter,lr,l1,kd,tex,total,nonfinite,frac_perceptual,kd_err,kd_trust") and len(log) == 13
+    verdict = [line for line in proc.stdout.splitlines() if line.startswith(("PASS  ", "FAIL  "))]
+    assert len(verdict) == 2 and "perceptual teacher demo_edgesrn_edge.pth" in verdict[0], proc.stdout[-2000:]
