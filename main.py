@@ -94,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
            "Laplacian (lapw1) or of MSCN coefficients and their neighbour products (mscn), or local "
            "amplitude spectra (spectrum) or their ring averages (radial: detail per scale, any orientation)")
     a("--tex_window", type=int, default=16, help="tile size (HR pixels) of the texture statistics")
+    a("--gt_usm", type=float, default=0.0,
+      help="training on ground truth: sharpen the HR targets with an unsharp mask of this amount "
+           "(as Real-ESRGAN does; 0: off); for a perceptual teacher's stage 2")
+    a("--gt_usm_sigma", type=float, default=1.0, help="Gaussian sigma (HR pixels) of --gt_usm")
     a("--vgg_weights", default=None, help="local VGG19 weights (default: torchvision's file via torch.hub)")
     # distillation (DTKD)
     a("--train_by_TT", type=str2bool, default=False, help="True: dual-teacher distillation")

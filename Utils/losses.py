@@ -27,6 +27,7 @@ Conventions shared by all losses:
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Optional, Union
 
@@ -43,7 +44,7 @@ PathLike = Union[str, Path]
 __all__ = [
     "l1_loss", "edge_map", "edge_loss", "backprojection_loss", "error_attention_l1",
     "trust_attention_l1", "kd_loss", "rgb_to_y", "KD_ATTN_CHOICES", "EDGE_KINDS", "TEXTURE_KINDS",
-    "image_gradients", "image_laplacian", "mscn_features", "texture_loss",
+    "image_gradients", "image_laplacian", "mscn_features", "texture_loss", "unsharp_mask",
     "VGG19_URL", "VGG19_LAYERS", "VGGFeatureExtractor", "PerceptualLoss", "PerceptualWeightsError",
 ]
 
@@ -206,6 +207,16 @@ def _gaussian_blur(x: torch.Tensor, size: int = 7, sigma: float = 7.0 / 6.0) -> 
     x = F.pad(x, (size // 2,) * 4, mode="replicate")
     x = F.conv2d(x, g.view(1, 1, 1, size).expand(c, 1, 1, size).contiguous(), groups=c)
     return F.conv2d(x, g.view(1, 1, size, 1).expand(c, 1, size, 1).contiguous(), groups=c)
+
+
+def unsharp_mask(x: torch.Tensor, amount: float, sigma: float = 1.0) -> torch.Tensor:
+    """``x + amount * (x - G_sigma * x)`` clamped to [0, 1]: the ground truth with its fine detail
+    amplified, as Real-ESRGAN sharpens its training targets (there with a larger radius). No gradient
+    is needed through it (it is applied to targets)."""
+    size = 2 * int(math.ceil(3 * sigma)) + 1
+    with _no_autocast(x):
+        x = _f32(x)
+        return (x + amount * (x - _gaussian_blur(x, size, sigma))).clamp(0.0, 1.0)
 
 
 def mscn_features(x: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,8 @@ class Objective(nn.Module):
 class GroundTruthObjective(Objective):
     """Training on ground truth: ``Rate_l1`` * L1(SR, HR), plus for EdgeSRN's second stage
     ``Rate_lm`` * edge loss(SR, HR), ``Rate_lpts`` * VGG19 conv5_4 distance(SR, HR) and ``Rate_tex`` *
-    texture-statistics distance(SR, HR) (weight-free, see ``losses.texture_loss``); optionally
+    texture-statistics distance(SR, HR) (weight-free, see ``losses.texture_loss``), with HR sharpened
+    by an unsharp mask when ``gt_usm`` > 0 (Real-ESRGAN's sharpened targets); optionally
     ``Rate_lbp`` * back-projection L1(imresize(SR, 1/scale), LR)."""
 
     def __init__(self, cfg: dict, device: torch.device):
@@ -44,6 +45,8 @@ class GroundTruthObjective(Objective):
         self.edge_kind = cfg.get("edge_kind", "sobel")
         self.w_tex = float(cfg.get("Rate_tex", 0.0))
         self.tex_kind, self.tex_window = cfg.get("tex_kind", "gradw1"), int(cfg.get("tex_window", 16))
+        self.usm = float(cfg.get("gt_usm", 0.0))
+        self.usm_sigma = float(cfg.get("gt_usm_sigma", 1.0))
         self.scale = int(cfg["scale"])
         names = ["l1"]
         if self.w_edge > 0:
@@ -59,6 +62,8 @@ class GroundTruthObjective(Objective):
 
     def forward(self, sr, batch):
         hr = batch["hr"]
+        if self.usm > 0:  # sharpened targets for every term (the back-projection keeps the real LR)
+            hr = self.losses.unsharp_mask(hr, self.usm, self.usm_sigma)
         terms = {"l1": self.w_l1 * self.losses.l1_loss(sr, hr)}
         if self.w_edge > 0:
             terms["edge"] = self.w_edge * self.losses.edge_loss(sr, hr, kind=self.edge_kind)

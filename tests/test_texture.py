@@ -174,3 +174,16 @@ def test_radial_spectrum_blind_to_orientation_and_shift():
     assert texture_loss(a, shifted, "radial", 16).item() == pytest.approx(0.0, abs=1e-5)
     blurred = gray(torch.nn.functional.avg_pool2d(tile[None, None], 3, 1, 1, count_include_pad=False)[0, 0])
     assert texture_loss(a, blurred, "radial", 16).item() > 0.3  # lost power at high radial frequencies
+
+
+def test_unsharp_mask_known_values():
+    from Utils.losses import unsharp_mask
+
+    flat = gray(torch.full((12, 12), 0.4))
+    torch.testing.assert_close(unsharp_mask(flat, 2.0), flat)  # nothing to sharpen
+    s = 0.25 + 0.5 * step(12, 6)
+    sharp = unsharp_mask(s, 1.0)
+    row = sharp[0, 0, 6]
+    assert row[5] < 0.25 < 0.75 < row[6]  # overshoot on both sides of the edge
+    torch.testing.assert_close(row[:3], torch.full((3,), 0.25))  # far from the edge: unchanged
+    assert torch.equal(unsharp_mask(s, 0.0), s)
