@@ -1,8 +1,10 @@
 """The training loop: iteration-bounded, exactly resumable, DDP-ready, with per-term loss logging.
 
 One :class:`Trainer` serves every mode: plain training on ground truth (students, baselines and
-the fidelity teacher), EdgeSRN's edge-guided training and DTKD distillation. A mode is an
-*objective* (see :mod:`Utils.objectives`): it turns (SR, batch) into named, weighted loss terms.
+the fidelity teacher), EdgeSRN's edge-guided training, DTKD distillation and the KD baselines
+(``--kd_method``). A mode is an *objective* (see :mod:`Utils.objectives`): it turns (SR, batch) into
+named, weighted loss terms; an objective with learned parts (FitNet's adapters) has them optimised
+with the student and saved in the checkpoints (``objective``).
 
 Files in ``<experiments_root>/<name>/``: ``config.yaml``, ``log.csv`` (one row per iteration,
 each loss term separately), ``curves.png``, ``checkpoints/latest.pth`` and ``checkpoints/best.pth``
@@ -149,16 +151,20 @@ class Trainer:
             model.to(memory_format=torch.channels_last)
         self.model = model
         self.ema = ModelEMA(model, cfg["ema"]) if cfg.get("ema", 0) > 0 else None
-        self.optimizer = build_optimizer(cfg["optimizer"], [p for p in model.parameters() if p.requires_grad],
-                                         cfg["lr"], cfg.get("weight_decay", 0.0))
-        self.scheduler = build_scheduler(cfg["scheduler"], self.optimizer, cfg["iters"], cfg["lr_step"],
-                                         cfg["gamma"], cfg.get("milestones"), cfg.get("eta_min", 0.0))
-        self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.get("amp", "none")]
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
 
         from Utils.objectives import build_objective
 
         self.objective = build_objective(cfg, self.device)
+        self.objective.attach_student(model)  # feature methods: hooks on the student, FitNet's adapters
+        self.objective_params = list(self.objective.trainable_parameters())
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+        if self.objective_params:  # learned parts of the objective (FitNet's adapters) train with the student
+            groups.append({"params": self.objective_params})
+        self.optimizer = build_optimizer(cfg["optimizer"], groups, cfg["lr"], cfg.get("weight_decay", 0.0))
+        self.scheduler = build_scheduler(cfg["scheduler"], self.optimizer, cfg["iters"], cfg["lr_step"],
+                                         cfg["gamma"], cfg.get("milestones"), cfg.get("eta_min", 0.0))
+        self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.get("amp", "none")]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
         self.train_model: nn.Module = model
         if cfg.get("compile"):
             self.train_model = torch.compile(self.train_model)
@@ -269,6 +275,7 @@ class Trainer:
             "sampler": {"seed": self.cfg["seed"], "position": self.iteration * self.cfg["batch_size"]},
             "best_psnr": self.best_psnr,
             "nonfinite_total": self.nonfinite_total,
+            "objective": self.objective.learned_state(),  # None unless the objective learns (FitNet)
             "config": self.cfg,
             "model_name": self.preset.name,
         }
@@ -295,6 +302,11 @@ class Trainer:
         if self.ema:  # a run that had no EMA yet starts its EMA from the resumed weights, not from the init
             self.ema.module.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"],
                                             strict=True)
+        if self.objective.learned_state() is not None:
+            if state.get("objective") is None:
+                raise TrainingError(f"{path}: the checkpoint holds no state of the objective's learned parts "
+                                    f"(made with another --kd_method?)")
+            self.objective.load_learned_state(state["objective"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -453,9 +465,14 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             return None, stats
         self.scaler.scale(total).backward()
+        if self.distributed and self.objective_params:  # not in DDP: average their gradients by hand
+            for p in self.objective_params:
+                if p.grad is not None:
+                    dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+                    p.grad /= self.world
         if self.cfg.get("grad_clip", 0) > 0:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg["grad_clip"])
+            torch.nn.utils.clip_grad_norm_([*self.model.parameters(), *self.objective_params], self.cfg["grad_clip"])
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if self.ema:

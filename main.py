@@ -7,7 +7,8 @@
 
 ``--config FILE``: a YAML file whose keys are the flag names (without ``--``); it sets the defaults
 and the command line overrides it; an unknown key is an error. ``--train_by_TT False`` trains on
-ground truth (baselines, teachers); ``True`` distils with the DTKD objective.
+ground truth (baselines, teachers); ``True`` distils with the DTKD objective. ``--kd_method
+{gt,dtkd,output,fakd,fitnet,at}`` picks any objective of ``Utils/objectives/`` (the field's KD baselines).
 """
 from __future__ import annotations
 
@@ -113,6 +114,17 @@ def build_parser() -> argparse.ArgumentParser:
            "False (ours): the KD target is always the fidelity teacher, the perceptual teacher teaches only "
            "through its statistics terms (--Rate_tex, --Rate_lm, --Rate_lpts)")
     a("--teacher_cache", default=None, help="folder for cached teacher outputs (computed once)")
+    # the field's KD baselines (Utils/objectives/; the teacher is --t1_model_name / --t1_checkpoint)
+    a("--kd_method", default=None, choices=["gt", "dtkd", "output", "fakd", "fitnet", "at"],
+      help="training objective (default: dtkd with --train_by_TT True, else gt = ground truth only); "
+           "output: L1 to the teacher's output (--Rate_kd) + L1 to ground truth (--Rate_l1); fakd / fitnet / at: "
+           "feature distillation at the presets' declared feature points, teacher run on the fly")
+    a("--Rate_feat", type=float, default=None,
+      help="weight of the feature-distillation term (default: the paper's; fakd 10, fitnet 1, at 500 = beta/2)")
+    a("--kd_student_points", nargs="+", default=None,
+      help="student module names to distil features at (default: the preset's declared points)")
+    a("--kd_teacher_points", nargs="+", default=None,
+      help="teacher module names paired with them (default: evenly spaced declared points)")
     return p
 
 
@@ -137,7 +149,7 @@ def parse_config(argv: Optional[Sequence[str]] = None) -> dict:
         parser.set_defaults(**data)
     cfg = vars(parser.parse_args(argv))
     if cfg["name"] is None:
-        cfg["name"] = f"{cfg['model_name']}_{'dtkd' if cfg['train_by_TT'] else 'gt'}"
+        cfg["name"] = f"{cfg['model_name']}_{cfg['kd_method'] or ('dtkd' if cfg['train_by_TT'] else 'gt')}"
     if cfg["cache_dir"] is None:
         cfg["cache_dir"] = str(Path(cfg["experiments_root"]) / "cache")
     for key, low in (("iters", 1), ("batch_size", 1), ("save_every", 1), ("max_nonfinite", 1), ("test_every", 0),

@@ -98,7 +98,7 @@ def _batch() -> dict:
 
 
 def test_texture_term_alone_trains_the_student_on_ground_truth():
-    from Utils.objectives import GroundTruthObjective
+    from Utils.objectives.ground_truth import GroundTruthObjective
 
     obj = GroundTruthObjective({"Rate_l1": 0.0, "Rate_tex": 1.0, "scale": 4}, torch.device("cpu"))
     assert obj.term_names == ("l1", "tex")
@@ -106,7 +106,7 @@ def test_texture_term_alone_trains_the_student_on_ground_truth():
 
 
 def test_texture_term_alone_trains_the_student_from_the_perceptual_teacher():
-    from Utils.distill import DTKDObjective
+    from Utils.objectives.dtkd import DTKDObjective
 
     cfg = {"t1_model_name": "IMDN", "t1_checkpoint": str(need(WEIGHTS / "IMDN" / "IMDN_x4.pth")),
            "t2_model_name": "RFDN", "t2_checkpoint": str(need(WEIGHTS / "SRDTKD" / "DTKD-RFDN-perceptual.pth")),
@@ -127,7 +127,7 @@ def test_texture_term_alone_trains_the_student_from_the_perceptual_teacher():
 
 def test_error_and_trust_parts_are_logged_and_sum_to_the_kd_term():
     from Model import build_model
-    from Utils.distill import DTKDObjective
+    from Utils.objectives.dtkd import DTKDObjective
 
     cfg = {"t1_model_name": "IMDN", "t1_checkpoint": str(need(WEIGHTS / "IMDN" / "IMDN_x4.pth")),
            "t2_model_name": "RFDN", "t2_checkpoint": str(need(WEIGHTS / "SRDTKD" / "DTKD-RFDN-perceptual.pth")),

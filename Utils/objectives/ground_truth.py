@@ -1,29 +1,10 @@
-"""Training objectives: what the trainer minimises, as named and weighted loss terms.
-
-An objective is called with the student's SR output and the batch (``lr``, ``hr`` and any extra
-targets, all float in [0, 1] on the device) and returns ``(terms, stats)``: ``terms`` maps a name to
-an already weighted scalar tensor (their sum is the loss; each is logged separately), ``stats`` maps
-a name to a float for the log (e.g. the fraction of samples routed to each teacher).
-"""
+"""Training on ground truth (``--kd_method gt``, the default without ``--train_by_TT True``): students
+without distillation, baselines, teachers, EdgeSRN's edge-guided stage 2."""
 from __future__ import annotations
 
-import logging
-from typing import Optional
-
 import torch
-import torch.nn as nn
 
-log = logging.getLogger(__name__)
-
-
-class Objective(nn.Module):
-    """Base class: ``term_names`` and ``stat_names`` fix the log's columns for the whole run."""
-
-    term_names: tuple[str, ...] = ()
-    stat_names: tuple[str, ...] = ()
-
-    def forward(self, sr: torch.Tensor, batch: dict) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-        raise NotImplementedError
+from Utils.objectives.base import Objective
 
 
 class GroundTruthObjective(Objective):
@@ -75,11 +56,3 @@ class GroundTruthObjective(Objective):
             terms["lbp"] = self.w_bp * self.losses.backprojection_loss(sr, batch["lr"], self.scale)
         return terms, {}
 
-
-def build_objective(cfg: dict, device: torch.device) -> Objective:
-    """The objective for ``cfg``: distillation with ``--train_by_TT True``, else ground truth."""
-    if cfg.get("train_by_TT"):
-        from Utils.distill import DTKDObjective
-
-        return DTKDObjective(cfg, device)
-    return GroundTruthObjective(cfg, device)

@@ -1,4 +1,4 @@
-"""DTKD: dual-teacher distillation objective, frozen teachers and the teacher-output cache.
+"""DTKD (``--kd_method dtkd``, or ``--train_by_TT True``): dual-teacher distillation objective, frozen teachers and the teacher-output cache.
 
 Our definition of the method (DESIGN.md section 6), each part switchable for ablations:
 
@@ -33,7 +33,7 @@ from Model import get_model, get_preset
 from Utils import losses
 from Utils.checkpoint import resolve_checkpoint, sha256_file
 from Utils.inference import pad_to_multiple, super_resolve
-from Utils.objectives import Objective
+from Utils.objectives.base import Objective
 from Utils.routing import EntropyRouter, auto_gate, parse_gate
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,240 @@
+"""The field's KD baselines (``--kd_method output|fakd|fitnet|at``): known values of every loss, FAKD's
+blockwise affinity equal to the naive one, a gradient through each KD term alone, clear errors for
+feature points, and FitNet's learned adapters resumed exactly.
+
+Teachers are IMDN with random weights saved to a temporary file (weights do not matter for these
+properties); training runs use four synthetic 64x64 images, so nothing needs ../shared/data.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from Model import build_model
+
+
+@pytest.fixture(scope="module")
+def teacher_ckpt(tmp_path_factory) -> str:
+    torch.manual_seed(1)
+    path = tmp_path_factory.mktemp("teacher") / "IMDN_random.pth"
+    torch.save(build_model("IMDN", 4).state_dict(), path)
+    return str(path)
+
+
+def _cfg(method: str, teacher: str, **kw) -> dict:
+    cfg = {"model_name": "RFDN", "scale": 4, "kd_method": method, "t1_model_name": "IMDN", "t1_checkpoint": teacher,
+           "Rate_l1": 1.0, "Rate_kd": 1.0, "Rate_feat": None}
+    cfg.update(kw)
+    return cfg
+
+
+# ----------------------------------------------------------------------------- 1. known values
+
+def test_identical_features_give_zero():
+    from Utils.objectives.at import at_loss
+    from Utils.objectives.fakd import fakd_loss, fakd_loss_naive
+    from Utils.objectives.fitnet import fitnet_loss
+
+    f = torch.randn(2, 6, 5, 7)
+    assert fakd_loss(f, f.clone()).item() == pytest.approx(0.0, abs=1e-7)
+    assert fakd_loss_naive(f, f.clone()).item() == pytest.approx(0.0, abs=1e-7)
+    assert at_loss(f, f.clone()).item() == 0.0
+    ident = torch.nn.Conv2d(6, 6, 1)
+    with torch.no_grad():
+        ident.weight.copy_(torch.eye(6)[:, :, None, None])
+        ident.bias.zero_()
+    assert fitnet_loss(ident(f), f).item() == pytest.approx(0.0, abs=1e-12)
+    # scale-free: FAKD compares directions, AT normalised maps (a brighter teacher teaches the same)
+    assert fakd_loss(f, 3 * f).item() == pytest.approx(0.0, abs=1e-6)
+    assert at_loss(f, 3 * f).item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_fakd_on_a_hand_computed_3x3_affinity():
+    from Utils.objectives.fakd import fakd_loss, fakd_loss_naive, spatial_affinity
+
+    # three pixels (1x3 map, 2 channels): vectors (1,0), (0,2), (3,4) -> unit (1,0), (0,1), (0.6,0.8)
+    fs = torch.tensor([[1.0, 0.0, 3.0], [0.0, 2.0, 4.0]]).reshape(1, 2, 1, 3)
+    a = spatial_affinity(fs)[0]
+    expect = torch.tensor([[1.0, 0.0, 0.6], [0.0, 1.0, 0.8], [0.6, 0.8, 1.0]])
+    assert torch.allclose(a, expect, atol=1e-6)
+    ft = torch.tensor([[1.0, 2.0, 5.0], [0.0, 0.0, 0.0]]).reshape(1, 2, 1, 3)  # all along (1,0): affinity 1
+    # |A_S - 1| = [[0,1,.4],[1,0,.2],[.4,.2,0]]: sum 3.2 over 9 entries
+    assert fakd_loss_naive(fs, ft).item() == pytest.approx(3.2 / 9, abs=1e-6)
+    assert fakd_loss(fs, ft).item() == pytest.approx(3.2 / 9, abs=1e-6)
+    assert fakd_loss(fs, ft, chunk_elems=1).item() == pytest.approx(3.2 / 9, abs=1e-6)  # one row per block
+
+
+def test_attention_maps_by_hand():
+    from Utils.objectives.at import at_loss, attention_map
+
+    # 2 channels, 1x2 pixels: p1 = (1, -1), p2 = (2, 0) -> channel energy (1+1)/2 = 1, (4+0)/2 = 2
+    fs = torch.tensor([[1.0, 2.0], [-1.0, 0.0]]).reshape(1, 2, 1, 2)
+    q = attention_map(fs)
+    assert torch.allclose(q, torch.tensor([[1.0, 2.0]]) / math.sqrt(5), atol=1e-7)
+    ft = torch.tensor([[3.0, 0.0], [0.0, 0.0]]).reshape(1, 2, 1, 2)  # energy (4.5, 0) -> (1, 0)
+    expect = ((1 / math.sqrt(5) - 1) ** 2 + (2 / math.sqrt(5)) ** 2) / 2
+    assert at_loss(fs, ft).item() == pytest.approx(expect, rel=1e-6)
+
+
+def test_blockwise_fakd_equals_the_naive_one_values_and_gradients():
+    from Utils.objectives.fakd import fakd_loss, fakd_loss_naive
+
+    torch.manual_seed(0)
+    fs = torch.randn(3, 5, 7, 9, dtype=torch.float64, requires_grad=True)
+    ft = torch.randn(3, 5, 7, 9, dtype=torch.float64)
+    naive = fakd_loss_naive(fs, ft)
+    (g_naive,) = torch.autograd.grad(naive, fs)
+    for chunk in (1, 3 * 63 * 5, 3 * 63 * 20, 1 << 22):  # one row, 5 rows, 20 rows (uneven last), all
+        blocked = fakd_loss(fs, ft, chunk_elems=chunk)
+        (g,) = torch.autograd.grad(blocked, fs)
+        assert blocked.item() == pytest.approx(naive.item(), rel=1e-12), chunk
+        assert torch.allclose(g, g_naive, rtol=1e-10, atol=1e-14), chunk
+
+
+def test_pairing_of_feature_points():
+    from Utils.objectives.features import FEATURE_POINTS, pair_points
+
+    pairs = pair_points(FEATURE_POINTS["RFDN"], FEATURE_POINTS["IMDN"])
+    assert pairs == [("B1", "IMDB2"), ("B2", "IMDB3"), ("B3", "IMDB5"), ("B4", "IMDB6")]
+    assert pair_points(("a", "b"), ("x", "y")) == [("a", "x"), ("b", "y")]
+
+
+# ----------------------------------------------------------------------------- 2. each KD term carries gradient
+
+@pytest.mark.parametrize("method", ["output", "fakd", "fitnet", "at"])
+def test_one_step_through_the_kd_term_alone_changes_the_student(method, teacher_ckpt, one_thread):
+    from Utils.objectives import build_objective
+
+    torch.manual_seed(0)
+    student = build_model("RFDN", 4).train()
+    obj = build_objective(_cfg(method, teacher_ckpt, Rate_l1=0.0), torch.device("cpu"))
+    obj.attach_student(student)
+    opt = torch.optim.Adam([*student.parameters(), *obj.trainable_parameters()], lr=1e-3)
+    x = torch.rand(2, 3, 20, 20)
+    batch = {"lr": x, "hr": torch.rand(2, 3, 80, 80)}
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    terms, _ = obj(student(x), batch)
+    kd_name = "kd" if method == "output" else method
+    assert set(terms) == {"l1", kd_name} and terms["l1"].item() == 0.0 and terms[kd_name].item() > 0
+    sum(terms.values()).backward()
+    g = student.B1.c1_r.weight.grad  # the first block: reached by every method's term
+    assert g is not None and g.abs().sum() > 0, f"{method}: no gradient reaches the student through the KD term"
+    opt.step()
+    after = student.state_dict()
+    assert not torch.equal(before["B1.c1_r.weight"], after["B1.c1_r.weight"])
+    # the teacher stayed frozen, in eval mode, without gradients
+    teacher = obj.t1 if method == "output" else obj.teacher
+    assert not teacher.net.training and all(not p.requires_grad and p.grad is None for p in teacher.net.parameters())
+
+
+def test_student_hooks_collect_nothing_in_eval_mode(teacher_ckpt):
+    from Utils.objectives import build_objective
+
+    student = build_model("RFDN", 4)
+    obj = build_objective(_cfg("at", teacher_ckpt), torch.device("cpu"))
+    obj.attach_student(student)
+    student.eval()
+    with torch.no_grad():
+        student(torch.rand(1, 3, 20, 20))  # a validation pass
+    assert obj.s_tap.feats == {}
+
+
+# ----------------------------------------------------------------------------- 3. clear errors
+
+def test_unknown_feature_point_is_a_clear_error(teacher_ckpt):
+    from Utils.objectives import build_objective
+
+    student = build_model("RFDN", 4)
+    obj = build_objective(_cfg("fakd", teacher_ckpt, kd_student_points=["B9"], kd_teacher_points=["IMDB1"]),
+                          torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"student RFDN has no module 'B9' to take features from"):
+        obj.attach_student(student)
+    with pytest.raises(ValueError, match=r"teacher IMDN has no module 'IMDB9'"):
+        build_objective(_cfg("at", teacher_ckpt, kd_teacher_points=["IMDB9", "IMDB2", "IMDB3", "IMDB4"]),
+                        torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"--kd_teacher_points: 1 points for 4 student points"):
+        build_objective(_cfg("at", teacher_ckpt, kd_teacher_points=["IMDB1"]), torch.device("cpu"))
+
+
+def test_preset_without_feature_points_is_a_clear_error(teacher_ckpt):
+    from Utils.objectives import build_objective
+
+    with pytest.raises(ValueError, match=r"--kd_method fitnet: preset LBNet declares no feature points"):
+        build_objective(_cfg("fitnet", teacher_ckpt, model_name="LBNet"), torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"--kd_method at needs --t1_checkpoint"):
+        build_objective(_cfg("at", ""), torch.device("cpu"))
+
+
+def test_kd_method_defaults_follow_train_by_tt():
+    import main
+    from Utils.objectives import kd_method
+
+    assert kd_method(main.parse_config([])) == "gt"
+    assert kd_method(main.parse_config(["--train_by_TT", "True"])) == "dtkd"
+    cfg = main.parse_config(["--kd_method", "fakd"])
+    assert kd_method(cfg) == "fakd" and cfg["name"] == "RFDN_fakd"
+    assert main.parse_config(["--train_by_TT", "True"])["name"] == "RFDN_dtkd"
+
+
+# ----------------------------------------------------------------------------- 4. training runs, exact resume
+
+@pytest.fixture(scope="module")
+def tiny_hr(tmp_path_factory) -> Path:
+    from Utils.image_io import write_image
+
+    folder = tmp_path_factory.mktemp("hr")
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:64, 0:64]
+    for i in range(4):
+        img = 127 + 60 * np.sin(xx / (3 + i))[..., None] * np.cos(yy / (4 + i))[..., None] \
+            + rng.normal(0, 20, (64, 64, 3))
+        write_image(folder / f"img{i}.png", np.clip(img, 0, 255).astype(np.uint8))
+    return folder
+
+
+def _train_args(root: Path, hr: Path, teacher: str, iters: int, *extra: str) -> list[str]:
+    return ["--model_name", "RFDN", "--patch_size", "64", "--batch_size", "2", "--iters", str(iters),
+            "--save_every", "1", "--num_workers", "0", "--train_hr", str(hr), "--experiments_root", str(root),
+            "--cache_dir", str(root / "cache"), "--name", "run", "--valid_dataset", "", "--test_every", "0",
+            "--scheduler", "constant", "--quiet", "--t1_model_name", "IMDN", "--t1_checkpoint", teacher, *extra]
+
+
+def test_fitnet_resume_is_exact_and_adapters_train(tmp_path, tiny_hr, teacher_ckpt, one_thread):
+    import main
+
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert main.main(_train_args(straight, tiny_hr, teacher_ckpt, 4, "--kd_method", "fitnet")) == 0
+    assert main.main(_train_args(split, tiny_hr, teacher_ckpt, 2, "--kd_method", "fitnet")) == 0
+    at2 = torch.load(split / "run" / "checkpoints" / "latest.pth", weights_only=False)
+    assert main.main(_train_args(split, tiny_hr, teacher_ckpt, 4, "--kd_method", "fitnet", "--auto_resume")) == 0
+    a = torch.load(straight / "run" / "checkpoints" / "latest.pth", weights_only=False)
+    b = torch.load(split / "run" / "checkpoints" / "latest.pth", weights_only=False)
+    assert a["iteration"] == b["iteration"] == 4
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    ad_a, ad_b = a["objective"]["adapters"], b["objective"]["adapters"]
+    for k in ad_a:
+        assert torch.equal(ad_a[k], ad_b[k]), k
+        assert not torch.equal(ad_a[k], at2["objective"]["adapters"][k]), f"adapter {k} did not train"
+    assert len(a["optimizer"]["param_groups"]) == 2  # student, adapters
+    log_a = (straight / "run" / "log.csv").read_text().splitlines()
+    log_b = (split / "run" / "log.csv").read_text().splitlines()
+    assert log_a[0].split(",")[:5] == ["iter", "lr", "l1", "fitnet", "total"]
+    strip = lambda rows: [",".join(r.split(",")[:5]) for r in rows]  # noqa: E731  (timing columns differ)
+    assert strip(log_a) == strip(log_b)
+    # exported weights are the student's alone (loadable by get_model)
+    final = torch.load(straight / "run" / "weights" / "final.pth", weights_only=True)
+    assert set(final) == set(build_model("RFDN", 4).state_dict())
+
+
+def test_resuming_a_checkpoint_without_adapter_state_is_a_clear_error(tmp_path, tiny_hr, teacher_ckpt, one_thread,
+                                                                      caplog):
+    import main
+
+    assert main.main(_train_args(tmp_path, tiny_hr, teacher_ckpt, 1, "--kd_method", "at")) == 0
+    assert main.main(_train_args(tmp_path, tiny_hr, teacher_ckpt, 2, "--kd_method", "fitnet", "--auto_resume")) == 1
+    assert "holds no state of the objective's learned parts" in caplog.text
