@@ -275,10 +275,15 @@ class Trainer:
             "sampler": {"seed": self.cfg["seed"], "position": self.iteration * self.cfg["batch_size"]},
             "best_psnr": self.best_psnr,
             "nonfinite_total": self.nonfinite_total,
-            "objective": self.objective.learned_state(),  # None unless the objective learns (FitNet)
+            "objective": self._objective_state(),  # None unless the objective learns (FitNet)
             "config": self.cfg,
             "model_name": self.preset.name,
         }
+
+    def _objective_state(self) -> Optional[dict]:
+        """The objective's learned parts (any callable objective works: tests wrap it)."""
+        learned = getattr(self.objective, "learned_state", None)
+        return learned() if learned is not None else None
 
     def export_weights(self) -> dict:
         """The weights to publish: EMA when enabled, else the model (plain state dict)."""
@@ -302,7 +307,7 @@ class Trainer:
         if self.ema:  # a run that had no EMA yet starts its EMA from the resumed weights, not from the init
             self.ema.module.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"],
                                             strict=True)
-        if self.objective.learned_state() is not None:
+        if self._objective_state() is not None:
             if state.get("objective") is None:
                 raise TrainingError(f"{path}: the checkpoint holds no state of the objective's learned parts "
                                     f"(made with another --kd_method?)")
