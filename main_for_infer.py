@@ -153,7 +153,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         t0 = time.perf_counter()
         try:
             gt_dir = Path(args.gt_folder[i]) if args.gt_folder else find_gt_folder(folder)
-            pairs = pair_images(folder, gt_dir, scale, strict=False)
+            pairs = pair_images(folder, gt_dir, scale, missing_gt_fails=False)
         except ImageError as exc:
             log.error("%s", exc)
             status = 1

@@ -94,11 +94,11 @@ class ImagePair:
 
 
 def pair_images(lr_folder: PathLike, gt_folder: Optional[PathLike], scale: int = 4,
-                strict: bool = True) -> list[ImagePair]:
+                missing_gt_fails: bool = True) -> list[ImagePair]:
     """Match LR files to GT files by name (``babyx4.png`` or ``baby.png`` <-> ``baby.png``, any extension).
 
     Errors (one line, naming the file) for a missing or empty folder. An LR file without GT is an
-    error too when ``strict``; otherwise its pair carries the ``problem``, so that evaluation reports
+    error too when ``missing_gt_fails``; otherwise its pair carries the ``problem``, so that evaluation reports
     it as a failed image and goes on with the others. Files with non-image extensions are ignored
     with a warning.
     """
@@ -117,7 +117,7 @@ def pair_images(lr_folder: PathLike, gt_folder: Optional[PathLike], scale: int =
         pair.gt = gt_index.get(pair.name) or gt_index.get(pair.lr.stem)
         if pair.gt is None:
             pair.problem = f"no ground truth named {pair.name}.* in {gt_folder}"
-            if strict:
+            if missing_gt_fails:
                 raise ImageError(pair.lr, pair.problem)
     return pairs
 

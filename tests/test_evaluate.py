@@ -245,7 +245,7 @@ def test_lr_without_ground_truth(tiny, caplog):
 
 
 def test_pairing_is_strict_unless_asked(tmp_path):
-    """Training validation keeps refusing a folder with a missing ground truth (pair_images strict)."""
+    """Training validation keeps refusing a folder with a missing ground truth (pair_images with missing_gt_fails)."""
     lr, gt = tmp_path / "lr", tmp_path / "gt"
     lr.mkdir()
     gt.mkdir()
@@ -254,7 +254,7 @@ def test_pairing_is_strict_unless_asked(tmp_path):
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(gt / "a.png")
     with pytest.raises(ImageError, match="b.png: no ground truth named b"):
         pair_images(lr, gt)
-    pairs = pair_images(lr, gt, strict=False)
+    pairs = pair_images(lr, gt, missing_gt_fails=False)
     assert [(p.name, p.gt is not None, p.problem is None) for p in pairs] == [("a", True, True), ("b", False, False)]
 
 
