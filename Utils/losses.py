@@ -147,16 +147,11 @@ def edge_map(x: torch.Tensor, kind: str = "sobel", eps: float = 1e-6) -> torch.T
     """
     if kind not in EDGE_KINDS:
         raise ValueError(f"edge kind must be one of {EDGE_KINDS}, got {kind!r}")
+    if kind == "laplacian":
+        return image_laplacian(x).abs()
     with _no_autocast(x):
-        y = F.pad(rgb_to_y(x), (1, 1, 1, 1), mode="replicate")
-        if kind == "sobel":
-            kx = torch.tensor(_SOBEL_X, dtype=torch.float32, device=x.device)
-            kernels = torch.stack([kx, kx.t()]).unsqueeze(1)  # 2x1x3x3: gx, gy
-            g = F.conv2d(y, kernels)
-            sq = g.pow(2).sum(dim=1, keepdim=True) + eps
-            return torch.sqrt(sq) - torch.sqrt(torch.full_like(sq, eps))
-        kernel = torch.tensor(_LAPLACIAN, dtype=torch.float32, device=x.device).view(1, 1, 3, 3)
-        return F.conv2d(y, kernel).abs()
+        sq = image_gradients(x).pow(2).sum(dim=1, keepdim=True) + eps
+        return torch.sqrt(sq) - torch.sqrt(torch.full_like(sq, eps))
 
 
 def edge_loss(s: torch.Tensor, t: torch.Tensor, kind: str = "sobel",
@@ -272,13 +267,13 @@ def texture_loss(s: torch.Tensor, t: torch.Tensor, kind: str = "gradw1", window:
     tiles hold the same derivative values in any arrangement; it rises when ``s`` has fewer or weaker
     edges than ``t`` (blur) as well as more (noise).
     ``lapw1``: the same with the signed 4-neighbour Laplacian of Y, the finest scale of detail (grain).
-    ``radial``: the tile's power spectrum averaged over rings of equal radial frequency (log scale):
-    how much detail there is at each scale, blind to orientation as well as to position.
     ``mscn``: the same with the MSCN coefficients of Y and their neighbour products
     (:func:`mscn_features`), the natural-scene statistics that NIQE measures: it asks for the
     teacher's (or the ground truth's) local contrast structure, not for its pixels.
     ``spectrum``: in each tile, the mean absolute difference of the amplitude spectra (2-D FFT of Y,
     tile mean removed, orthonormal), which ignores phase and hence position within the tile.
+    ``radial``: the tile's power spectrum averaged over rings of equal radial frequency (log scale):
+    how much detail there is at each scale, blind to orientation as well as to position.
 
     Per sample the tiles are averaged, then samples are averaged with ``sample_mask`` (see the
     module's conventions). Computed in float32 outside autocast.
@@ -304,7 +299,7 @@ def texture_loss(s: torch.Tensor, t: torch.Tensor, kind: str = "gradw1", window:
                 amp = torch.fft.rfft2(tiles, norm="ortho").abs()
                 if kind == "spectrum":
                     return amp
-                bins = _radial_bins(k, x.device)  # (k * (k//2+1)) x R, rows sum to 1 per ring
+                bins = _radial_bins(k, x.device)  # (k * (k//2+1)) x R, each ring's column sums to 1
                 return torch.log1p(amp.pow(2).flatten(-2) @ bins / 1e-4)
 
             per_sample = (amplitude(s) - amplitude(t)).abs().flatten(1).mean(dim=1)
