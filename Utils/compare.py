@@ -349,7 +349,7 @@ def _set_limits(ax, xs: Sequence[float], ys: Sequence[float], min_y_span: float)
         setter(mid - span * (0.5 + pad), mid + span * (0.5 + pad))
 
 
-def _save_atomic(write, path: Path) -> None:
+def save_atomic(write, path: Path) -> None:
     """Call ``write(file_object)`` on a temporary file beside ``path``, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
@@ -443,15 +443,16 @@ def plot_perception_distortion(rows: Sequence[dict], path: PathLike, perceptual:
     for ax, anns, pts in per_axis:
         px = [tuple(ax.transData.transform((r["psnr"], r[measure]))) for r in pts]
         _place_labels(fig, ax, anns, px)
-    _save_atomic(lambda f: fig.savefig(f, format="png", dpi=150, bbox_inches="tight"), path)
+    save_atomic(lambda f: fig.savefig(f, format="png", dpi=150, bbox_inches="tight"), path)
     log.info("perception-distortion plot: %s", path)
     return path
 
 
 # ----------------------------------------------------------------------------- command line
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    _save_atomic(lambda f: f.write(text.encode("utf-8")), path)
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`save_atomic`)."""
+    save_atomic(lambda f: f.write(text.encode("utf-8")), path)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -508,7 +509,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sys.stdout.write(markdown)
     if args.out is not None:
         sources = "\n".join(f"- `{p}`" for p in args.summaries)
-        _write_text_atomic(args.out / "compare.md", f"# Comparison\n\n{markdown}\nSources:\n\n{sources}\n")
+        write_text_atomic(args.out / "compare.md", f"# Comparison\n\n{markdown}\nSources:\n\n{sources}\n")
         columns, wide = wide_rows(header, table_rows)
         if (args.out / "compare.csv").exists():
             log.info("replacing %s", args.out / "compare.csv")

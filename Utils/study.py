@@ -59,6 +59,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from Utils.compare import save_atomic, write_text_atomic
+
 log = logging.getLogger("study")
 PathLike = Union[str, Path]
 REPO = Path(__file__).resolve().parent.parent
@@ -288,9 +290,7 @@ def _child_env(threads: int) -> dict[str, str]:
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=True))
 
 
 def _run_logged(cmd: list[str], log_path: Path, env: dict, lock_fd: int) -> int:
@@ -334,7 +334,6 @@ def execute_run(study: Study, run: Run) -> dict:
         except BlockingIOError:
             log.warning("%s: another process is running it; waiting for it to finish", run.run_id)
             fcntl.flock(fd, fcntl.LOCK_EX)
-        os.set_inheritable(fd, True)
         done = read_result(run)
         if done is not None:
             return done
@@ -532,10 +531,8 @@ def plot_summary(summary: pd.DataFrame, path: PathLike, title: str = "") -> Path
     axes[0][-1].legend(fontsize=8, loc="best")
     fig.tight_layout()
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    save_atomic(lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"), path)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
@@ -546,13 +543,13 @@ def write_report(study: Study) -> Optional[pd.DataFrame]:
         log.warning("study %s: no finished run yet", study.name)
         return None
     study.out.mkdir(parents=True, exist_ok=True)
-    runs.to_csv(study.out / "runs.csv", index=False, float_format="%.6f")
+    write_text_atomic(study.out / "runs.csv", runs.to_csv(index=False, float_format="%.6f"))
     summary = summarize(runs, study.baseline, study.metrics)
-    summary.to_csv(study.out / "summary.csv", index=False, float_format="%.6f")
+    write_text_atomic(study.out / "summary.csv", summary.to_csv(index=False, float_format="%.6f"))
     per_run = runs.drop_duplicates(["arm", "seed"])
     timing = (f"\n{len(per_run)} runs: {per_run['train_seconds'].sum() / 60:.1f} min of training and "
               f"{per_run['eval_seconds'].sum() / 60:.1f} min of evaluation in total (summed over runs).\n")
-    (study.out / "summary.md").write_text(f"# Study `{study.name}`\n\n" + summary_markdown(
+    write_text_atomic(study.out / "summary.md", f"# Study `{study.name}`\n\n" + summary_markdown(
         summary, study.baseline, study.metrics) + timing)
     plot_summary(summary, study.out / "perception_distortion.png", title=study.name)
     return summary

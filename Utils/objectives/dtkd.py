@@ -11,7 +11,9 @@ Our definition of the method (DESIGN.md section 6), each part switchable for abl
 * the KD term (``--Rate_kd``) is plain L1 to the routed teacher, or error attention, trust
   attention or both (``--loss_attn``);
 * on texture-rich samples only: ``--Rate_lm`` edge loss and ``--Rate_lpts`` VGG loss to P;
-* ``--Rate_l1`` L1 to the ground truth and ``--Rate_lbp`` back-projection to the LR input.
+* ``--Rate_l1`` L1 to the ground truth and ``--Rate_lbp`` back-projection to the LR input;
+* ours, not the paper's: ``--Rate_tex`` texture statistics to P on texture-rich samples
+  (``losses.texture_loss``), and ``--t2_pixel_kd False`` (P's pixels are never a KD target).
 
 With ``--teacher_cache DIR`` each teacher's SR of every training image is computed once (tiled
 when large) and stored as 8-bit ``.npy`` keyed by teacher name and checkpoint hash; the dataset
@@ -83,15 +85,15 @@ def build_teacher_cache(teacher: FrozenTeacher, dataset, root: Path, key: str, t
     """SR of every training image by ``teacher``, stored once as uint8 ``.npy``; returns paths in record order."""
     from tqdm import tqdm
 
-    from Utils.datasets import cache_key as _cache_key, save_npy_atomic as _save_npy_atomic
+    from Utils.datasets import cache_key, save_npy_atomic
     from Utils.image_io import img2tensor, tensor2img
 
     folder = Path(root) / f"{key}-{teacher.preset.name}-{teacher.sha256[:12]}"
     folder.mkdir(parents=True, exist_ok=True)
 
     def entry(r) -> Path:  # keyed by the LR the teacher sees too: a changed LR file is a new entry
-        lr = _cache_key(r.lr_path, "lr") if r.lr_path is not None else f"matlab-bicubic-x{dataset.scale}"
-        return folder / f"{_cache_key(r.hr_path, f'teacher|{lr}')}.npy"
+        lr = cache_key(r.lr_path, "lr") if r.lr_path is not None else f"matlab-bicubic-x{dataset.scale}"
+        return folder / f"{cache_key(r.hr_path, f'teacher|{lr}')}.npy"
 
     paths = [entry(r) for r in dataset.records]
     if all(p.is_file() for p in paths):
@@ -112,7 +114,7 @@ def build_teacher_cache(teacher: FrozenTeacher, dataset, root: Path, key: str, t
             if img.shape[:2] != hr.shape[:2]:
                 raise RuntimeError(f"teacher output {img.shape} does not match HR {hr.shape} for "
                                    f"{dataset.records[i].hr_path}")
-            _save_npy_atomic(paths[i], img)
+            save_npy_atomic(paths[i], img)
     return paths
 
 
