@@ -113,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
       help="True (the paper): the perceptual teacher's pixels are the KD target of the samples routed to it; "
            "False (ours): the KD target is always the fidelity teacher, the perceptual teacher teaches only "
            "through its statistics terms (--Rate_tex, --Rate_lm, --Rate_lpts)")
+    a("--t2_band", type=float, default=0.0,
+      help="ours: on samples routed to the perceptual teacher, the KD target is the fidelity teacher's "
+           "low frequencies plus the perceptual teacher's high frequencies, split by a Gaussian of this "
+           "sigma (HR pixels): G*F + (P - G*P); 0: off (the routed teacher's whole image)")
     a("--teacher_cache", default=None, help="folder for cached teacher outputs (computed once)")
     # the field's KD baselines (Utils/objectives/; the teacher is --t1_model_name / --t1_checkpoint)
     a("--kd_method", default=None, choices=["gt", "dtkd", "output", "fakd", "fitnet", "at"],

@@ -214,6 +214,15 @@ def unsharp_mask(x: torch.Tensor, amount: float, sigma: float = 1.0) -> torch.Te
         return (x + amount * (x - _gaussian_blur(x, size, sigma))).clamp(0.0, 1.0)
 
 
+def band_split(low: torch.Tensor, high: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``G*low + (high - G*high)``: the frequencies below a Gaussian of ``sigma`` pixels from ``low``,
+    those above it from ``high`` (targets only: no gradient is needed). Equal inputs give the input."""
+    size = 2 * int(math.ceil(3 * sigma)) + 1
+    with _no_autocast(low):
+        low, high = _f32(low), _f32(high)
+        return _gaussian_blur(low - high, size, sigma) + high
+
+
 def mscn_features(x: torch.Tensor) -> torch.Tensor:
     """Natural-scene statistics of Y (Mittal et al.): the mean-subtracted contrast-normalised (MSCN)
     coefficients ``(Y - mu) / (sigma + 1)`` on 0-255 values with a 7x7 Gaussian window (sigma 7/6), and

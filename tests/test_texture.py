@@ -187,3 +187,42 @@ def test_unsharp_mask_known_values():
     assert row[5] < 0.25 < 0.75 < row[6]  # overshoot on both sides of the edge
     torch.testing.assert_close(row[:3], torch.full((3,), 0.25))  # far from the edge: unchanged
     assert torch.equal(unsharp_mask(s, 0.0), s)
+
+
+def test_band_split_known_values():
+    from Utils.losses import band_split
+
+    torch.manual_seed(0)
+    a = torch.rand(1, 3, 24, 24)
+    assert torch.allclose(band_split(a, a, 1.0), a, atol=1e-6)  # one image: itself
+    # constants are all low frequency: the result is the low-frequency image's constant
+    lo, hi = torch.full((1, 1, 16, 16), 0.25), torch.full((1, 1, 16, 16), 0.75)
+    assert torch.allclose(band_split(lo, hi, 2.0), lo, atol=1e-6)
+    # a checkerboard (Nyquist) is above any Gaussian's pass band: it comes from the high image, kept
+    # at 1 - (the Gaussian's response at Nyquist) of its amplitude
+    cb = (torch.arange(16)[:, None] + torch.arange(16)[None, :]).remainder(2).float()[None, None] - 0.5
+    g = torch.exp(-torch.arange(-3, 4.0) ** 2 / 2)
+    g = g / g.sum()
+    nyq = float((g * torch.tensor([(-1.0) ** k for k in range(-3, 4)])).sum())  # 1-D response at Nyquist
+    out = band_split(lo, lo + 0.1 * cb, 1.0)[..., 4:-4, 4:-4]
+    assert torch.allclose(out, lo[..., 4:-4, 4:-4] + 0.1 * cb[..., 4:-4, 4:-4] * (1 - nyq ** 2), atol=1e-6)
+
+
+def test_band_split_target_of_dtkd():
+    from Utils.objectives.dtkd import DTKDObjective
+
+    cfg = {"t1_model_name": "IMDN", "t1_checkpoint": str(need(WEIGHTS / "IMDN" / "IMDN_x4.pth")),
+           "t2_model_name": "RFDN", "t2_checkpoint": str(need(WEIGHTS / "SRDTKD" / "DTKD-RFDN-perceptual.pth")),
+           "entropy_gate": "0", "loss_attn": "none", "Rate_l1": 0.0, "t2_band": 1.0, "scale": 4}
+    obj = DTKDObjective(cfg, torch.device("cpu"))
+    b = _batch()
+    f, p = torch.rand_like(b["hr"]), torch.rand_like(b["hr"])
+    from Utils.losses import band_split
+
+    target = band_split(f, p, 1.0)
+    terms, _ = obj(target.clone(), {**b, "t1": f, "t2": p})
+    assert float(terms["kd"]) == pytest.approx(0.0, abs=1e-7)  # the student at the band-split target: no loss
+    terms, _ = obj(p.clone(), {**b, "t1": f, "t2": p})
+    assert float(terms["kd"]) > 0.01  # P's own pixels are not the target any more
+    with pytest.raises(ValueError, match="t2_pixel_kd"):
+        DTKDObjective({**cfg, "t2_pixel_kd": False}, torch.device("cpu"))

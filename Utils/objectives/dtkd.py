@@ -13,7 +13,9 @@ Our definition of the method (DESIGN.md section 6), each part switchable for abl
 * on texture-rich samples only: ``--Rate_lm`` edge loss and ``--Rate_lpts`` VGG loss to P;
 * ``--Rate_l1`` L1 to the ground truth and ``--Rate_lbp`` back-projection to the LR input;
 * ours, not the paper's: ``--Rate_tex`` texture statistics to P on texture-rich samples
-  (``losses.texture_loss``), and ``--t2_pixel_kd False`` (P's pixels are never a KD target).
+  (``losses.texture_loss``), ``--t2_pixel_kd False`` (P's pixels are never a KD target), and
+  ``--t2_band SIGMA`` (band-split target on texture-rich samples: F's low frequencies plus P's high
+  frequencies, ``G*F + (P - G*P)``, so P teaches detail but not structure).
 
 With ``--teacher_cache DIR`` each teacher's SR of every training image is computed once (tiled
 when large) and stored as 8-bit ``.npy`` keyed by teacher name and checkpoint hash; the dataset
@@ -154,6 +156,11 @@ class DTKDObjective(Objective):
         self.w_tex = float(cfg.get("Rate_tex", 0.0))
         self.tex_kind, self.tex_window = cfg.get("tex_kind", "gradw1"), int(cfg.get("tex_window", 16))
         self.t2_pixel_kd = bool(cfg.get("t2_pixel_kd", True))
+        self.t2_band = float(cfg.get("t2_band", 0.0) or 0.0)
+        if self.t2_band < 0:
+            raise ValueError(f"--t2_band must be >= 0 (a Gaussian sigma in HR pixels), got {self.t2_band:g}")
+        if self.t2_band > 0 and not self.t2_pixel_kd:
+            raise ValueError("--t2_band needs --t2_pixel_kd True (it changes P's pixel target)")
         if self.t2 is None and self.w_tex > 0:
             log.warning("no perceptual teacher: --Rate_tex is ignored")
             self.w_tex = 0.0
@@ -196,6 +203,8 @@ class DTKDObjective(Objective):
         p = None
         if self.t2 is not None:
             p = batch["t2"] if "t2" in batch else self.t2(x)
+            if self.t2_band > 0:  # ours: P's detail on F's structure
+                p = losses.band_split(f, p, self.t2_band)
         terms = {"l1": self.w_l1 * losses.l1_loss(sr, y)}
         stats: dict[str, torch.Tensor] = {}
         parts: list[torch.Tensor] = []  # (error, trust) attention of each KD target, for the log
