@@ -8,7 +8,7 @@
 ``--config FILE``: a YAML file whose keys are the flag names (without ``--``); it sets the defaults
 and the command line overrides it; an unknown key is an error. ``--train_by_TT False`` trains on
 ground truth (baselines, teachers); ``True`` distils with the DTKD objective. ``--kd_method
-{gt,dtkd,output,fakd,fitnet,at}`` picks any objective of ``Utils/objectives/`` (the field's KD baselines).
+{gt,dtkd,output,fakd,fitnet,at,dukd}`` picks any objective of ``Utils/objectives/`` (the field's KD baselines).
 """
 from __future__ import annotations
 
@@ -119,16 +119,23 @@ def build_parser() -> argparse.ArgumentParser:
            "sigma (HR pixels): G*F + (P - G*P); 0: off (the routed teacher's whole image)")
     a("--teacher_cache", default=None, help="folder for cached teacher outputs (computed once)")
     # the field's KD baselines (Utils/objectives/; the teacher is --t1_model_name / --t1_checkpoint)
-    a("--kd_method", default=None, choices=["gt", "dtkd", "output", "fakd", "fitnet", "at"],
+    a("--kd_method", default=None, choices=["gt", "dtkd", "output", "fakd", "fitnet", "at", "dukd"],
       help="training objective (default: dtkd with --train_by_TT True, else gt = ground truth only); "
            "output: L1 to the teacher's output (--Rate_kd) + L1 to ground truth (--Rate_l1); fakd / fitnet / at: "
-           "feature distillation at the presets' declared feature points, teacher run on the fly")
+           "feature distillation at the presets' declared feature points, teacher run on the fly; dukd: "
+           "output KD plus teacher-labelled zoom-in / zoom-out samples under invertible transforms")
     a("--Rate_feat", type=float, default=None,
       help="weight of the feature-distillation term (default: the paper's; fakd 10, fitnet 1, at 500 = beta/2)")
     a("--kd_student_points", nargs="+", default=None,
       help="student module names to distil features at (default: the preset's declared points)")
     a("--kd_teacher_points", nargs="+", default=None,
       help="teacher module names paired with them (default: evenly spaced declared points)")
+    a("--Rate_dukd", type=float, default=1.0, help="dukd: weight of each upcycled-sample term (zoom-in, zoom-out)")
+    a("--dukd_zoom_in", type=int, default=2,
+      help="dukd: zoom-in inputs are HR crops downscaled by this factor (1: the crop at HR resolution)")
+    a("--dukd_zoom_out", type=int, default=2, help="dukd: zoom-out inputs are the LR downscaled by this factor")
+    a("--dukd_consistency", type=str2bool, default=True,
+      help="dukd: the student sees upcycled inputs under a random flip/rotation, its output mapped back")
     return p
 
 

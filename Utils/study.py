@@ -73,6 +73,10 @@ LOWER_IS_BETTER = {"niqe", "lpips"}
 CONFIDENCE = 0.95
 
 
+# objectives that read their teachers' outputs from --teacher_cache (feature methods need the live teacher)
+CACHED_TEACHER_METHODS = ("dtkd", "output", "dukd")
+
+
 class StudyError(ValueError):
     """A bad study file: the message is one line naming the file, the key and the problem."""
 
@@ -253,7 +257,8 @@ def load_study(path: PathLike) -> Study:
     for arm, flags in arms.items():
         merged = {**defaults, **flags}
         merged.setdefault("cache_dir", str(cache / "decoded"))
-        if str(merged.get("train_by_TT", False)).lower() in ("true", "1", "yes"):
+        distils = str(merged.get("train_by_TT", False)).lower() in ("true", "1", "yes")
+        if merged.get("kd_method") in CACHED_TEACHER_METHODS or (distils and not merged.get("kd_method")):
             merged.setdefault("teacher_cache", str(cache / "teachers"))
         merged.setdefault("valid_dataset", "")
         for key, value in merged.items():

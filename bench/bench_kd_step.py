@@ -5,8 +5,8 @@ Each step is the real code: a :class:`Trainer.Trainer` from ``main.parse_config`
 patches (the first ``--images`` T91 images, LR by MATLAB bicubic, the training loader), reused for
 every step. Methods: ``plain`` (ground truth), ``output`` (teacher on the fly), ``output_cache``
 (its output delivered in the batch as ``--teacher_cache`` does), ``fakd``, ``fitnet``, ``at``
-(teacher on the fly, feature hooks) and ``dtkd`` (IMDN fidelity teacher only, ``--t2_checkpoint ''``,
-attention KD, on the fly). Steps run interleaved, the order rotated every round; medians reported
+(teacher on the fly, feature hooks), ``dtkd`` (IMDN fidelity teacher only, ``--t2_checkpoint ''``,
+attention KD, on the fly) and ``dukd`` (output KD on the fly plus the zoom-in / zoom-out passes). Steps run interleaved, the order rotated every round; medians reported
 (see bench/common.py)::
 
     python bench/bench_kd_step.py                       # CPU: batch 16, HR patch 192 (LR 48)
@@ -38,6 +38,7 @@ METHODS = {
     "fitnet": ["--kd_method", "fitnet"],
     "at": ["--kd_method", "at"],
     "dtkd": ["--kd_method", "dtkd", "--t2_checkpoint", "", "--loss_attn", "both"],
+    "dukd": ["--kd_method", "dukd"],
 }
 
 

@@ -238,3 +238,135 @@ def test_resuming_a_checkpoint_without_adapter_state_is_a_clear_error(tmp_path, 
     assert main.main(_train_args(tmp_path, tiny_hr, teacher_ckpt, 1, "--kd_method", "at")) == 0
     assert main.main(_train_args(tmp_path, tiny_hr, teacher_ckpt, 2, "--kd_method", "fitnet", "--auto_resume")) == 1
     assert "holds no state of the objective's learned parts" in caplog.text
+
+
+# ----------------------------------------------------------------------------- 5. DUKD
+
+def test_dihedral_transforms_are_eight_distinct_and_exactly_inverted():
+    from Utils.objectives.dukd import N_DIHEDRAL, dihedral, dihedral_inverse
+
+    x = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).reshape(2, 3, 4, 5)  # non-square: transposes show
+    seen = set()
+    for k in range(N_DIHEDRAL):
+        y = dihedral(x, k)
+        assert torch.equal(dihedral_inverse(y, k), x), k
+        seen.add(tuple(y[0, 0].flatten().tolist()) + tuple(y.shape))
+    assert len(seen) == 8  # the whole dihedral group, no transform twice
+    # known values on a 2x2 [[a, b], [c, d]]: k=1 turns counter-clockwise, k=4 flips left-right,
+    # k=5 (flip, then a turn) is the transpose
+    m = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    assert dihedral(m, 1).tolist() == [[2.0, 4.0], [1.0, 3.0]]
+    assert dihedral(m, 4).tolist() == [[2.0, 1.0], [4.0, 3.0]]
+    assert dihedral(m, 5).tolist() == [[1.0, 3.0], [2.0, 4.0]]
+    # re-applying the same operations in the same order is no inverse once a transpose is involved
+    # (the bug of a well-known code base): vertical flip then transpose, "undone" the same way, is a half turn
+    sq = x[..., :4]
+    fwd = lambda t: t.flip(-2).transpose(-1, -2)  # noqa: E731
+    assert torch.equal(fwd(fwd(sq)), torch.rot90(sq, 2, dims=(-2, -1))) and not torch.equal(fwd(fwd(sq)), sq)
+    with pytest.raises(ValueError, match="0..7"):
+        dihedral(x, 8)
+
+
+def test_upcycled_inputs_known_sizes_values_and_padding(teacher_ckpt):
+    from Utils.objectives import build_objective
+    from Utils.objectives.dukd import mirror_pad_to, random_crops
+
+    obj = build_objective(_cfg("dukd", teacher_ckpt, patch_size=64), torch.device("cpu"))
+    obj.attach_student(build_model("RFDN", 4))
+    assert obj.min_input == 15  # RFDN's ESA needs 15x15: the 8x8 zoom-out inputs are mirror-padded
+    x, y = torch.rand(3, 3, 16, 16), torch.rand(3, 3, 64, 64)
+    zin, zout = obj.upcycle(x, y)
+    assert zin.shape == (3, 3, 16, 16) and zout.shape == (3, 3, 15, 15)
+    # a constant image stays constant through crops, bicubic downscaling and mirror padding
+    zin, zout = obj.upcycle(torch.full((1, 3, 16, 16), 0.3), torch.full((1, 3, 64, 64), 0.6))
+    assert torch.allclose(zin, torch.full_like(zin, 0.6), atol=1e-6)
+    assert torch.allclose(zout, torch.full_like(zout, 0.3), atol=1e-6)
+    # each crop is a true sub-window of its own sample
+    torch.manual_seed(3)
+    big = torch.arange(2 * 1 * 10 * 10, dtype=torch.float32).reshape(2, 1, 10, 10)
+    crops = random_crops(big, 4)
+    for i in range(2):
+        hits = [(t, l) for t in range(7) for l in range(7) if torch.equal(big[i, :, t:t + 4, l:l + 4], crops[i])]
+        assert len(hits) == 1
+    p = mirror_pad_to(torch.arange(4.0).reshape(1, 1, 1, 4).expand(1, 1, 4, 4), 6)
+    assert p.shape[-2:] == (6, 6) and p[0, 0, 0].tolist() == [1.0, 0.0, 1.0, 2.0, 3.0, 2.0]
+    with pytest.raises(ValueError, match="cannot mirror-pad"):
+        mirror_pad_to(torch.zeros(1, 1, 2, 2), 8)
+
+
+@pytest.mark.parametrize("consistency", [True, False])
+def test_dukd_upcycled_terms_alone_change_the_student(teacher_ckpt, one_thread, consistency):
+    from Utils.objectives import build_objective
+
+    torch.manual_seed(0)
+    student = build_model("RFDN", 4).train()
+    obj = build_objective(_cfg("dukd", teacher_ckpt, Rate_l1=0.0, Rate_kd=0.0, patch_size=64,
+                               dukd_consistency=consistency), torch.device("cpu"))
+    obj.attach_student(student)
+    opt = torch.optim.Adam(student.parameters(), lr=1e-3)
+    x = torch.rand(2, 3, 16, 16)
+    batch = {"lr": x, "hr": torch.rand(2, 3, 64, 64)}
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    terms, _ = obj(student(x), batch)
+    assert set(terms) == {"l1", "kd", "zoom_in", "zoom_out"}
+    assert terms["l1"].item() == 0.0 and terms["kd"].item() == 0.0
+    assert terms["zoom_in"].item() > 0 and terms["zoom_out"].item() > 0
+    sum(terms.values()).backward()
+    assert student.B1.c1_r.weight.grad.abs().sum() > 0
+    opt.step()
+    assert not torch.equal(before["B1.c1_r.weight"], student.state_dict()["B1.c1_r.weight"])
+    assert not obj.teacher.net.training and all(p.grad is None for p in obj.teacher.net.parameters())
+
+
+def test_dukd_zoom_terms_vanish_for_a_student_equal_to_its_teacher(teacher_ckpt, monkeypatch):
+    """The teacher labels exactly what the student sees, and the inverse is applied correctly: a student
+    that is the teacher gives zero zoom terms without transforms, and with them when it is equivariant."""
+    from Utils.objectives import build_objective
+    from Utils.objectives.dukd import N_DIHEDRAL
+
+    student = build_model("IMDN", 4)
+    student.load_state_dict(torch.load(teacher_ckpt, weights_only=True))
+    student.eval()
+    x, y = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 64, 64)
+    obj = build_objective(_cfg("dukd", teacher_ckpt, model_name="IMDN", patch_size=64, dukd_consistency=False),
+                          torch.device("cpu"))
+    obj.attach_student(student)
+    with torch.no_grad():
+        terms, _ = obj(student(x), {"lr": x, "hr": y})
+    assert terms["kd"].item() == 0.0 and terms["zoom_in"].item() == 0.0 and terms["zoom_out"].item() == 0.0
+    # an equivariant network (1x1 conv, nearest upsampling) as both: zero under each of the 8 transforms
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), torch.nn.Upsample(scale_factor=4, mode="nearest"))
+    obj = build_objective(_cfg("dukd", teacher_ckpt, model_name="IMDN", patch_size=64), torch.device("cpu"))
+    obj.attach_student(net)
+    obj.teacher.net = net
+    for k in range(N_DIHEDRAL):
+        monkeypatch.setattr(torch, "randint", lambda *a, _k=k, **kw: torch.tensor(_k) if a == (0, N_DIHEDRAL, ())
+                            else _randint(*a, **kw))
+        with torch.no_grad():
+            terms, _ = obj(net(x), {"lr": x, "hr": y})
+        assert terms["zoom_in"].item() < 1e-6 and terms["zoom_out"].item() < 1e-6, k
+    # a network that is not equivariant (a 3x3 conv) is not: the transform is really applied
+    net3 = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 3, padding=1), torch.nn.Upsample(scale_factor=4))
+    obj.student = obj.teacher.net = net3
+    with torch.no_grad():
+        assert obj(net3(x), {"lr": x, "hr": y})[0]["zoom_in"].item() > 1e-4  # k = 7 from the last patch
+
+
+_randint = torch.randint
+
+
+def test_dukd_trains_and_resumes_exactly(tmp_path, tiny_hr, teacher_ckpt, one_thread):
+    import main
+
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert main.main(_train_args(straight, tiny_hr, teacher_ckpt, 3, "--kd_method", "dukd")) == 0
+    assert main.main(_train_args(split, tiny_hr, teacher_ckpt, 1, "--kd_method", "dukd")) == 0
+    assert main.main(_train_args(split, tiny_hr, teacher_ckpt, 3, "--kd_method", "dukd", "--auto_resume")) == 0
+    a = torch.load(straight / "run" / "checkpoints" / "latest.pth", weights_only=False)
+    b = torch.load(split / "run" / "checkpoints" / "latest.pth", weights_only=False)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    log_a = (straight / "run" / "log.csv").read_text().splitlines()
+    assert log_a[0].split(",")[:7] == ["iter", "lr", "l1", "kd", "zoom_in", "zoom_out", "total"]
+    strip = lambda rows: [",".join(r.split(",")[:7]) for r in rows]  # noqa: E731  (timing columns differ)
+    assert strip(log_a) == strip((split / "run" / "log.csv").read_text().splitlines())

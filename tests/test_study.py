@@ -216,3 +216,19 @@ def test_missing_key_and_bad_yaml(tmp_path, capsys):
     assert st.main([str(f)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "not valid YAML" in err
+
+
+def test_teacher_cache_only_for_methods_that_read_it(tiny_data, tmp_path):
+    """Methods reading teacher outputs (dtkd, output, dukd) share the study's teacher cache; the feature
+    methods, which need the live teacher's features, get no --teacher_cache."""
+    ckpt = tmp_path / "teacher.pth"
+    ckpt.write_bytes(b"x")
+    arms = {"gt": {}, "output": {"kd_method": "output"}, "dukd": {"kd_method": "dukd"},
+            "fakd": {"kd_method": "fakd"}, "tt": {"train_by_TT": True, "t2_checkpoint": ""}}
+    f = _study_file(tiny_data, tmp_path / "out", tmp_path / "s.yaml", arms=arms)
+    spec = yaml.safe_load(f.read_text())
+    spec["defaults"]["t1_checkpoint"] = str(ckpt)
+    f.write_text(yaml.safe_dump(spec))
+    study = st.load_study(f)
+    cached = {r.arm for r in study.runs if "--teacher_cache" in r.argv}
+    assert cached == {"output", "dukd", "tt"}

@@ -12,6 +12,7 @@ module                    ``--kd_method``  method
 ``fakd.py``               ``fakd``     FAKD: spatial feature affinity (He et al., ICIP 2020)
 ``fitnet.py``             ``fitnet``   FitNet: learned 1x1 adapter, L2 hints (Romero et al., 2015)
 ``at.py``                 ``at``       attention transfer (Zagoruyko & Komodakis, ICLR 2017)
+``dukd.py``               ``dukd``     DUKD: teacher-labelled zoom-in/out samples (Zhang et al., 2023)
 ========================  ===========  ====================================================
 
 ``features.py`` holds what the feature methods share: the declared feature points per preset, the
@@ -25,6 +26,7 @@ import torch
 from Utils.objectives.at import ATObjective
 from Utils.objectives.base import Objective
 from Utils.objectives.dtkd import DTKDObjective
+from Utils.objectives.dukd import DUKDObjective
 from Utils.objectives.fakd import FAKDObjective
 from Utils.objectives.fitnet import FitNetObjective
 from Utils.objectives.ground_truth import GroundTruthObjective
@@ -39,6 +41,7 @@ OBJECTIVES: dict[str, type[Objective]] = {
     "fakd": FAKDObjective,
     "fitnet": FitNetObjective,
     "at": ATObjective,
+    "dukd": DUKDObjective,
 }
 
 
