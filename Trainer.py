@@ -109,6 +109,15 @@ def build_scheduler(name: str, opt: torch.optim.Optimizer, iters: int, step_size
     raise ValueError(f"unknown scheduler {name!r}; choose step, multistep, cosine or constant")
 
 
+def _flat_tensors(state, prefix: str = ""):
+    """(dotted key, tensor) of every tensor in a nested dict of state dicts."""
+    for k, v in state.items():
+        if isinstance(v, dict):
+            yield from _flat_tensors(v, f"{prefix}{k}.")
+        elif isinstance(v, torch.Tensor):
+            yield f"{prefix}{k}", v
+
+
 def _dist_info() -> tuple[int, int, int]:
     """(rank, world_size, local_rank) from torchrun's environment (0, 1, 0 without it)."""
     return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
@@ -416,11 +425,14 @@ class Trainer:
         return bool(flag.item())
 
     def weights_checksum(self) -> str:
-        """SHA-256 of the model's (and the EMA's) tensors, bit for bit."""
+        """SHA-256 of the model's (and the EMA's, and the objective's learned parts') tensors, bit for bit."""
         h = hashlib.sha256()
-        mods = [unwrap_model(self.model)] + ([self.ema.module] if self.ema else [])
-        for mod in mods:
-            for k, t in mod.state_dict().items():
+        states = [unwrap_model(self.model).state_dict()] + ([self.ema.module.state_dict()] if self.ema else [])
+        learned = self._objective_state()
+        if learned is not None:  # FitNet's adapters: their gradients are averaged by hand, check them too
+            states.append({f"objective.{k}": v for k, v in _flat_tensors(learned)})
+        for state in states:
+            for k, t in state.items():
                 h.update(k.encode())
                 h.update(t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
         return h.hexdigest()

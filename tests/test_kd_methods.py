@@ -370,3 +370,58 @@ def test_dukd_trains_and_resumes_exactly(tmp_path, tiny_hr, teacher_ckpt, one_th
     assert log_a[0].split(",")[:7] == ["iter", "lr", "l1", "kd", "zoom_in", "zoom_out", "total"]
     strip = lambda rows: [",".join(r.split(",")[:7]) for r in rows]  # noqa: E731  (timing columns differ)
     assert strip(log_a) == strip((split / "run" / "log.csv").read_text().splitlines())
+
+
+# ----------------------------------------------------------------------------- 6. torchrun and AMP
+
+def test_torchrun_fitnet_equals_one_process_adapters_included(tmp_path, tiny_hr, teacher_ckpt):
+    """Two ranks of one sample against one process of two: the student and FitNet's adapters (whose
+    gradients the trainer averages by hand, outside DDP) end the same up to rounding, ranks in sync."""
+    import main
+
+    from .test_trainer import _env, _explain, _free_port, _run_main
+
+    launcher = ("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                "--master_port", str(_free_port()))
+    proc = _run_main(_train_args(tmp_path / "ddp", tiny_hr, teacher_ckpt, 3, "--kd_method", "fitnet", "--cpu"),
+                     launcher=launcher, env=_env())
+    assert proc.returncode == 0 and "ranks in sync:" in proc.stdout + proc.stderr, _explain(proc)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main.main(_train_args(tmp_path / "one", tiny_hr, teacher_ckpt, 3, "--kd_method", "fitnet",
+                                     "--cpu")) == 0
+    finally:
+        torch.set_num_threads(n)
+    a = torch.load(tmp_path / "ddp" / "run" / "checkpoints" / "latest.pth", weights_only=False)
+    b = torch.load(tmp_path / "one" / "run" / "checkpoints" / "latest.pth", weights_only=False)
+    worst = max((a["model"][k] - b["model"][k]).abs().max().item() for k in a["model"])
+    ad_a, ad_b = a["objective"]["adapters"], b["objective"]["adapters"]
+    worst_ad = max((ad_a[k] - ad_b[k]).abs().max().item() for k in ad_a)
+    assert worst < 1e-4 and worst_ad < 1e-4, (worst, worst_ad)
+
+
+def test_torchrun_dukd_extra_passes_keep_ranks_in_sync(tmp_path, tiny_hr, teacher_ckpt):
+    """DUKD's upcycled passes run on the unwrapped student inside the same backward: DDP averages
+    their gradients with the main pass's, so the ranks stay bitwise in sync."""
+    from .test_trainer import _env, _explain, _free_port, _run_main
+
+    launcher = ("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                "--master_port", str(_free_port()))
+    proc = _run_main(_train_args(tmp_path, tiny_hr, teacher_ckpt, 2, "--kd_method", "dukd", "--cpu"),
+                     launcher=launcher, env=_env())
+    assert proc.returncode == 0 and "ranks in sync:" in proc.stdout + proc.stderr, _explain(proc)
+
+
+@pytest.mark.parametrize("method", ["output", "fakd", "fitnet", "at", "dukd"])
+def test_every_kd_method_trains_under_bf16_autocast(method, tmp_path, tiny_hr, teacher_ckpt, one_thread):
+    import csv
+
+    import main
+
+    assert main.main(_train_args(tmp_path, tiny_hr, teacher_ckpt, 2, "--kd_method", method, "--amp", "bf16",
+                                 "--cpu")) == 0
+    with open(tmp_path / "run" / "log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["iter"]) for r in rows] == [1, 2]
+    assert all(math.isfinite(float(r["total"])) and r["nonfinite"] == "0" for r in rows)
