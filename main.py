@@ -90,10 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     a("--Rate_tex", type=float, default=0.0,
       help="weight of the texture-statistics loss (ours, weight-free): to the perceptual teacher on "
            "texture-rich samples in DTKD, to the ground truth otherwise (EdgeSRN stage 2)")
-    a("--tex_kind", default="gradw1", choices=["gradw1", "lapw1", "spectrum", "radial", "mscn"],
+    a("--tex_kind", default="gradw1", choices=["gradw1", "lapw1", "spectrum", "radial", "mscn", "gram"],
       help="texture statistics: local distributions (Wasserstein-1) of Sobel derivatives (gradw1), of the "
            "Laplacian (lapw1) or of MSCN coefficients and their neighbour products (mscn), or local "
-           "amplitude spectra (spectrum) or their ring averages (radial: detail per scale, any orientation)")
+           "amplitude spectra (spectrum) or their ring averages (radial: detail per scale, any orientation), or "
+           "Gram matrices of fixed random multi-scale filter responses (gram)")
     a("--tex_window", type=int, default=16, help="tile size (HR pixels) of the texture statistics")
     a("--gt_usm", type=float, default=0.0,
       help="training on ground truth: sharpen the HR targets with an unsharp mask of this amount "

@@ -51,7 +51,7 @@ __all__ = [
 VGG19_URL = "https://download.pytorch.org/models/vgg19-dcbbb0fc.pth"
 KD_ATTN_CHOICES = ("none", "error", "trust", "both")
 EDGE_KINDS = ("sobel", "laplacian")
-TEXTURE_KINDS = ("gradw1", "lapw1", "spectrum", "radial", "mscn")
+TEXTURE_KINDS = ("gradw1", "lapw1", "spectrum", "radial", "mscn", "gram")
 
 # BT.601 luma on [0, 1] values: Y = (16 + 65.481 R + 128.553 G + 24.966 B) / 255.
 _Y_WEIGHTS = (65.481 / 255.0, 128.553 / 255.0, 24.966 / 255.0)
@@ -265,6 +265,34 @@ def _windows(x: torch.Tensor, window: int) -> torch.Tensor:
     return tiles.view(n, c, k * k, -1)
 
 
+RANDOM_FILTER_SIZES = (3, 5, 7, 11)  # the random feature space of ``gram`` (see random_texture_features)
+RANDOM_FILTERS_PER_SIZE = 32
+RANDOM_FILTER_SEED = 2016
+_random_filter_bank: dict[str, list[torch.Tensor]] = {}
+
+
+def random_texture_features(x: torch.Tensor) -> torch.Tensor:
+    """ReLU responses of a fixed bank of random, zero-mean, unit-norm RGB filters at four sizes (3, 5,
+    7, 11; 32 each, seeded): a feature space without pretrained weights whose Gram matrices describe
+    texture (Ustyuzhaninov et al., *What does it take to generate natural textures?*, ICLR 2017,
+    synthesise textures from random shallow filters). Zero-mean filters give 0 on flat regions, so
+    only texture contributes. ``x`` is NxCxHxW RGB in [0, 1]; mirror padding keeps the size."""
+    key = str(x.device)
+    if key not in _random_filter_bank:
+        g = torch.Generator().manual_seed(RANDOM_FILTER_SEED)
+        bank = []
+        for k in RANDOM_FILTER_SIZES:
+            w = torch.randn(RANDOM_FILTERS_PER_SIZE, 3, k, k, generator=g, dtype=torch.float64)
+            w = w - w.mean(dim=(1, 2, 3), keepdim=True)
+            w = w / w.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+            bank.append(w.to(device=x.device, dtype=torch.float32))
+        _random_filter_bank[key] = bank
+    x = _f32(x)
+    feats = [F.relu(F.conv2d(F.pad(x, (w.shape[-1] // 2,) * 4, mode="reflect"), w))
+             for w in _random_filter_bank[key]]
+    return torch.cat(feats, dim=1)
+
+
 def texture_loss(s: torch.Tensor, t: torch.Tensor, kind: str = "gradw1", window: int = 16,
                  sample_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Distance between the *local texture statistics* of ``s`` and ``t``, blind to where inside a
@@ -283,6 +311,10 @@ def texture_loss(s: torch.Tensor, t: torch.Tensor, kind: str = "gradw1", window:
     tile mean removed, orthonormal), which ignores phase and hence position within the tile.
     ``radial``: the tile's power spectrum averaged over rings of equal radial frequency (log scale):
     how much detail there is at each scale, blind to orientation as well as to position.
+    ``gram``: in each tile, the Gram matrix (channel co-activations averaged over the tile's pixels) of
+    :func:`random_texture_features`, mean absolute difference: second-order statistics of nonlinear
+    multi-scale features (EnhanceNet's texture loss, Sajjadi et al. 2017, in a random instead of a
+    pretrained feature space), blind to position within the tile and to flat-region brightness.
 
     Per sample the tiles are averaged, then samples are averaged with ``sample_mask`` (see the
     module's conventions). Computed in float32 outside autocast.
@@ -298,6 +330,12 @@ def texture_loss(s: torch.Tensor, t: torch.Tensor, kind: str = "gradw1", window:
             ws = _windows(detail(s), window).sort(dim=2).values
             wt = _windows(detail(t), window).sort(dim=2).values
             per_sample = (ws - wt).abs().flatten(1).mean(dim=1)
+        elif kind == "gram":
+            def gram(x: torch.Tensor) -> torch.Tensor:
+                tiles = _windows(random_texture_features(x), window).permute(0, 3, 1, 2)  # N x L x C x k*k
+                return tiles @ tiles.transpose(-1, -2) / tiles.shape[-1]
+
+            per_sample = (gram(s) - gram(t)).abs().flatten(1).mean(dim=1)
         else:
             k = min(window, s.shape[-2], s.shape[-1])
 

@@ -55,7 +55,7 @@ def test_spectrum_blind_to_circular_shifts_within_a_window():
     assert texture_loss(a, a + 0.1, "spectrum", 8).item() == pytest.approx(0.0, abs=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["gradw1", "spectrum"])
+@pytest.mark.parametrize("kind", ["gradw1", "spectrum", "gram"])
 def test_texture_loss_prefers_the_sharp_image_and_carries_gradient(kind):
     torch.manual_seed(0)
     sharp = torch.rand(2, 3, 32, 32)
@@ -226,3 +226,27 @@ def test_band_split_target_of_dtkd():
     assert float(terms["kd"]) > 0.01  # P's own pixels are not the target any more
     with pytest.raises(ValueError, match="t2_pixel_kd"):
         DTKDObjective({**cfg, "t2_pixel_kd": False}, torch.device("cpu"))
+
+
+def test_gram_texture_known_values():
+    from Utils.losses import RANDOM_FILTER_SIZES, RANDOM_FILTERS_PER_SIZE, random_texture_features
+
+    torch.manual_seed(0)
+    f = random_texture_features(torch.rand(1, 3, 20, 20))
+    assert f.shape == (1, len(RANDOM_FILTER_SIZES) * RANDOM_FILTERS_PER_SIZE, 20, 20) and (f >= 0).all()
+    # zero-mean filters: flat images of any brightness have no features, hence equal (zero) Grams
+    flat_dark, flat_bright = torch.full((1, 3, 32, 32), 0.2), torch.full((1, 3, 32, 32), 0.9)
+    assert random_texture_features(flat_bright).abs().max().item() < 1e-5
+    assert texture_loss(flat_dark, flat_bright, "gram").item() == pytest.approx(0.0, abs=1e-9)
+    # the same seeded bank every time (a run and its resume compare against the same statistics)
+    assert torch.equal(random_texture_features(flat_bright[..., :8, :8] + torch.eye(8)),
+                       random_texture_features(flat_bright[..., :8, :8] + torch.eye(8)))
+    # a stripe texture against itself shifted within the tiles costs much less than against a blurred
+    # copy or flat grey (not zero: a 32-pixel tile holds a different part of the 12.6-pixel period)
+    x = torch.arange(64.0)
+    stripes = (0.5 + 0.3 * torch.sin(x / 2)).expand(1, 3, 64, 64).contiguous()
+    shifted = torch.roll(stripes, 3, dims=-1)
+    blurred = torch.nn.functional.avg_pool2d(stripes, 5, 1, 2, count_include_pad=False)
+    grey = torch.full_like(stripes, 0.5)
+    d_shift, d_blur, d_grey = (texture_loss(stripes, o, "gram", 32).item() for o in (shifted, blurred, grey))
+    assert d_shift < 0.5 * d_blur < 0.5 * d_grey
