@@ -335,7 +335,17 @@ def texture_loss(s: torch.Tensor, t: torch.Tensor, kind: str = "gradw1", window:
                 tiles = _windows(random_texture_features(x), window).permute(0, 3, 1, 2)  # N x L x C x k*k
                 return tiles @ tiles.transpose(-1, -2) / tiles.shape[-1]
 
-            per_sample = (gram(s) - gram(t)).abs().flatten(1).mean(dim=1)
+            # the features are the costly part: only the selected samples, and no graph for a fixed target
+            w = _weights(sample_mask, s.shape[0], s)
+            sel = None if w is None else torch.nonzero(w > 0).flatten()
+            if sel is not None and 0 < sel.numel() < s.shape[0]:
+                s_sel, t_sel = s.index_select(0, sel), t.index_select(0, sel)
+            else:
+                sel, s_sel, t_sel = None, s, t
+            with torch.set_grad_enabled(torch.is_grad_enabled() and t.requires_grad):
+                gt_ = gram(t_sel)
+            part = (gram(s_sel) - gt_).abs().flatten(1).mean(dim=1)
+            per_sample = part if sel is None else part.new_zeros(s.shape[0]).index_copy(0, sel, part)
         else:
             k = min(window, s.shape[-2], s.shape[-1])
 

@@ -250,3 +250,19 @@ def test_gram_texture_known_values():
     grey = torch.full_like(stripes, 0.5)
     d_shift, d_blur, d_grey = (texture_loss(stripes, o, "gram", 32).item() for o in (shifted, blurred, grey))
     assert d_shift < 0.5 * d_blur < 0.5 * d_grey
+
+
+def test_gram_on_selected_samples_equals_the_full_computation():
+    torch.manual_seed(4)
+    s = torch.rand(3, 3, 32, 32, requires_grad=True)
+    t = torch.rand(3, 3, 32, 32)
+    mask = torch.tensor([True, False, True])
+    fast = texture_loss(s, t, "gram", 16, sample_mask=mask)
+    g_fast, = torch.autograd.grad(fast, s)
+    # reference: every sample computed, then masked (the selection is only a speed-up)
+    full = [texture_loss(s[i:i + 1], t[i:i + 1], "gram", 16) for i in range(3)]
+    ref = (full[0] + full[2]) / 2
+    g_ref, = torch.autograd.grad(ref, s)
+    assert fast.item() == pytest.approx(ref.item(), rel=1e-6)
+    assert torch.allclose(g_fast, g_ref, atol=1e-9) and g_fast[1].abs().sum() == 0
+    assert texture_loss(s, t, "gram", 16, sample_mask=torch.tensor([False] * 3)).item() == 0
