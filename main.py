@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
       help="ours: on samples routed to the perceptual teacher, the KD target is the fidelity teacher's "
            "low frequencies plus the perceptual teacher's high frequencies, split by a Gaussian of this "
            "sigma (HR pixels): G*F + (P - G*P); 0: off (the routed teacher's whole image)")
+    a("--t2_blend", type=float, default=0.0,
+      help="ours: on samples routed to the perceptual teacher, the KD target is the pixel blend "
+           "(1 - A) F + A P of the two teachers' outputs (0: off, P's own image)")
     a("--teacher_cache", default=None, help="folder for cached teacher outputs (computed once)")
     # the field's KD baselines (Utils/objectives/; the teacher is --t1_model_name / --t1_checkpoint)
     a("--kd_method", default=None, choices=["gt", "dtkd", "output", "fakd", "fitnet", "at", "dukd"],

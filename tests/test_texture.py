@@ -266,3 +266,21 @@ def test_gram_on_selected_samples_equals_the_full_computation():
     assert fast.item() == pytest.approx(ref.item(), rel=1e-6)
     assert torch.allclose(g_fast, g_ref, atol=1e-9) and g_fast[1].abs().sum() == 0
     assert texture_loss(s, t, "gram", 16, sample_mask=torch.tensor([False] * 3)).item() == 0
+
+
+def test_blend_target_of_dtkd():
+    from Utils.objectives.dtkd import DTKDObjective
+
+    cfg = {"t1_model_name": "IMDN", "t1_checkpoint": str(need(WEIGHTS / "IMDN" / "IMDN_x4.pth")),
+           "t2_model_name": "RFDN", "t2_checkpoint": str(need(WEIGHTS / "SRDTKD" / "DTKD-RFDN-perceptual.pth")),
+           "entropy_gate": "0", "loss_attn": "none", "Rate_l1": 0.0, "t2_blend": 0.25, "scale": 4}
+    obj = DTKDObjective(cfg, torch.device("cpu"))
+    b = _batch()
+    f, p = torch.zeros_like(b["hr"]), torch.ones_like(b["hr"])
+    terms, _ = obj(torch.full_like(f, 0.25), {**b, "t1": f, "t2": p})
+    assert float(terms["kd"]) == pytest.approx(0.0, abs=1e-7)  # the target is 0.75 F + 0.25 P
+    terms, _ = obj(p.clone(), {**b, "t1": f, "t2": p})
+    assert float(terms["kd"]) == pytest.approx(0.75, abs=1e-6)
+    for bad, msg in (({"t2_blend": 1.5}, r"\[0, 1\]"), ({"t2_band": 1.0}, "no --t2_band")):
+        with pytest.raises(ValueError, match=msg):
+            DTKDObjective({**cfg, **bad}, torch.device("cpu"))

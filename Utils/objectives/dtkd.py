@@ -15,7 +15,8 @@ Our definition of the method (DESIGN.md section 6), each part switchable for abl
 * ours, not the paper's: ``--Rate_tex`` texture statistics to P on texture-rich samples
   (``losses.texture_loss``), ``--t2_pixel_kd False`` (P's pixels are never a KD target), and
   ``--t2_band SIGMA`` (band-split target on texture-rich samples: F's low frequencies plus P's high
-  frequencies, ``G*F + (P - G*P)``, so P teaches detail but not structure).
+  frequencies, ``G*F + (P - G*P)``, so P teaches detail but not structure), and ``--t2_blend A``
+  (the target on texture-rich samples is the pixel blend ``(1 - A) F + A P``).
 
 With ``--teacher_cache DIR`` each teacher's SR of every training image is computed once (tiled
 when large) and stored as 8-bit ``.npy`` keyed by teacher name and checkpoint hash; the dataset
@@ -161,6 +162,11 @@ class DTKDObjective(Objective):
             raise ValueError(f"--t2_band must be >= 0 (a Gaussian sigma in HR pixels), got {self.t2_band:g}")
         if self.t2_band > 0 and not self.t2_pixel_kd:
             raise ValueError("--t2_band needs --t2_pixel_kd True (it changes P's pixel target)")
+        self.t2_blend = float(cfg.get("t2_blend", 0.0) or 0.0)
+        if not 0.0 <= self.t2_blend <= 1.0:
+            raise ValueError(f"--t2_blend must be in [0, 1] (the perceptual teacher's share), got {self.t2_blend:g}")
+        if self.t2_blend > 0 and (not self.t2_pixel_kd or self.t2_band > 0):
+            raise ValueError("--t2_blend needs --t2_pixel_kd True and no --t2_band (all three set P's pixel target)")
         if self.t2 is None and self.w_tex > 0:
             log.warning("no perceptual teacher: --Rate_tex is ignored")
             self.w_tex = 0.0
@@ -205,6 +211,8 @@ class DTKDObjective(Objective):
             p = batch["t2"] if "t2" in batch else self.t2(x)
             if self.t2_band > 0:  # ours: P's detail on F's structure
                 p = losses.band_split(f, p, self.t2_band)
+            elif self.t2_blend > 0:  # ours: a pixel blend of the two teachers
+                p = torch.lerp(f.float(), p.float(), self.t2_blend)
         terms = {"l1": self.w_l1 * losses.l1_loss(sr, y)}
         stats: dict[str, torch.Tensor] = {}
         parts: list[torch.Tensor] = []  # (error, trust) attention of each KD target, for the log
