@@ -153,7 +153,7 @@ def test_teachers_frozen_student_trains(small_set, tmp_path):
 def test_half_unsafe_teacher_ignores_fp16_autocast(tmp_path):
     """The trainer runs the objective under --amp fp16 autocast: a half-unsafe teacher (SwinIR) runs in fp32."""
     from Model import build_model, get_preset
-    from Utils.objectives.dtkd import FrozenTeacher
+    from Utils.objectives.teachers import FrozenTeacher
 
     assert not get_preset("SwinIR").half_ok
     torch.manual_seed(0)
@@ -172,7 +172,7 @@ def test_half_unsafe_teacher_ignores_fp16_autocast(tmp_path):
 
 @pytest.fixture(scope="module")
 def imdn_teacher():
-    from Utils.objectives.dtkd import FrozenTeacher
+    from Utils.objectives.teachers import FrozenTeacher
 
     return FrozenTeacher("IMDN", str(need(IMDN_W)), torch.device("cpu"))
 
@@ -193,7 +193,7 @@ def _find_box(full_hr: np.ndarray, patch_hr: np.ndarray, lp: int) -> tuple[int, 
 
 
 def test_cached_crop_matches_whole_image_teacher(small_set, tmp_path, imdn_teacher, monkeypatch):
-    from Utils.objectives import dtkd as distill
+    from Utils.objectives import teachers as distill
 
     ds = _dataset(small_set)
     paths = distill.build_teacher_cache(imdn_teacher, ds, tmp_path / "tcache", "t1", progress=False)
@@ -239,7 +239,7 @@ def test_cached_crop_matches_whole_image_teacher(small_set, tmp_path, imdn_teach
 
 def test_cache_entry_follows_the_lr_images(small_set, tmp_path, imdn_teacher):
     """Same HR, other LR folder: a new cache entry with the teacher's output on the new LR (never stale)."""
-    from Utils.objectives import dtkd as distill
+    from Utils.objectives import teachers as distill
     from Utils.image_io import read_image, write_image
 
     lr2 = tmp_path / "LR2"
@@ -265,7 +265,7 @@ def test_cache_and_on_the_fly_agree_on_set5(small_set, tmp_path, monkeypatch, re
     float patch (IMDN's contrast-aware channel attention pools over its whole input), hence a small
     difference; a flipped or 8-pixel-shifted cache loses 0.4 / 0.17 dB here.
     """
-    from Utils.objectives.dtkd import FrozenTeacher
+    from Utils.objectives.teachers import FrozenTeacher
 
     calls = {"n": 0}
     forward = FrozenTeacher.forward

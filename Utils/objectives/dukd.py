@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from Utils import losses
 from Utils.imresize import imresize_torch
 from Utils.objectives.base import Objective
-from Utils.objectives.dtkd import FrozenTeacher, build_teacher_cache
+from Utils.objectives.teachers import FrozenTeacher, build_teacher_cache
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@
   RFDN B1..B4 with IMDN IMDB2, IMDB3, IMDB5, IMDB6).
 * **Forward hooks** (:class:`FeatureTap`) collect them; no model and no key name changes. The student's
   hooks keep features only in training mode (validation passes collect nothing).
-* **The teacher** (``--t1_model_name`` / ``--t1_checkpoint``) is a :class:`~Utils.objectives.dtkd.FrozenTeacher`
+* **The teacher** (``--t1_model_name`` / ``--t1_checkpoint``) is a :class:`~Utils.objectives.teachers.FrozenTeacher`
   (frozen, eval mode, no gradients, never in DDP) run on every batch: its features cannot be cached.
 * **Total**: ``Rate_l1`` L1(S, y) + ``Rate_feat`` * (sum over the point pairs of the method's loss),
   the loss computed in float32 outside autocast. ``--Rate_feat`` defaults to the method's paper value.
@@ -23,7 +23,7 @@ import torch.nn as nn
 from Model import get_preset
 from Utils import losses
 from Utils.objectives.base import Objective
-from Utils.objectives.dtkd import FrozenTeacher
+from Utils.objectives.teachers import FrozenTeacher
 
 log = logging.getLogger(__name__)
 

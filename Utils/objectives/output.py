@@ -11,7 +11,7 @@ import torch
 
 from Utils import losses
 from Utils.objectives.base import Objective
-from Utils.objectives.dtkd import FrozenTeacher, build_teacher_cache
+from Utils.objectives.teachers import FrozenTeacher, build_teacher_cache
 
 log = logging.getLogger(__name__)
 
