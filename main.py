@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--t2_blend", type=float, default=0.0,
       help="ours: on samples routed to the perceptual teacher, the KD target is the pixel blend "
            "(1 - A) F + A P of the two teachers' outputs (0: off, P's own image)")
+    a("--Rate_pfeat", type=float, default=0.0,
+      help="ours: weight of the perceptual teacher's feature hints (FitNet: learned 1x1 adapters, MSE) at "
+           "the presets' declared feature points, on texture-rich samples; P runs on the fly for them")
     a("--teacher_cache", default=None, help="folder for cached teacher outputs (computed once)")
     # the field's KD baselines (Utils/objectives/; the teacher is --t1_model_name / --t1_checkpoint)
     a("--kd_method", default=None, choices=["gt", "dtkd", "output", "fakd", "fitnet", "at", "dukd"],

@@ -425,3 +425,75 @@ def test_every_kd_method_trains_under_bf16_autocast(method, tmp_path, tiny_hr, t
         rows = list(csv.DictReader(f))
     assert [int(r["iter"]) for r in rows] == [1, 2]
     assert all(math.isfinite(float(r["total"])) and r["nonfinite"] == "0" for r in rows)
+
+
+# ----------------------------------------------------------------------------- 7. DTKD with P's feature hints
+
+@pytest.fixture(scope="module")
+def rfdn_teacher_ckpt(tmp_path_factory) -> str:
+    torch.manual_seed(2)
+    path = tmp_path_factory.mktemp("p_teacher") / "RFDN_random.pth"
+    torch.save(build_model("RFDN", 4).state_dict(), path)
+    return str(path)
+
+
+def _dtkd_pfeat_cfg(t1: str, t2: str, **kw) -> dict:
+    cfg = {"model_name": "RFDN", "scale": 4, "kd_method": "dtkd", "t1_model_name": "IMDN", "t1_checkpoint": t1,
+           "t2_model_name": "RFDN", "t2_checkpoint": t2, "entropy_gate": "0", "loss_attn": "none",
+           "Rate_l1": 0.0, "Rate_kd": 0.0, "Rate_pfeat": 1.0}
+    cfg.update(kw)
+    return cfg
+
+
+def test_dtkd_perceptual_feature_hints_alone_change_the_student_only_on_routed_samples(
+        teacher_ckpt, rfdn_teacher_ckpt, one_thread):
+    from Utils.objectives import build_objective
+
+    torch.manual_seed(0)
+    student = build_model("RFDN", 4).train()
+    obj = build_objective(_dtkd_pfeat_cfg(teacher_ckpt, rfdn_teacher_ckpt), torch.device("cpu"))
+    assert obj.term_names == ("l1", "kd", "pfeat")
+    obj.attach_student(student)
+    assert len(obj.trainable_parameters()) == 8  # 4 adapters (weight, bias), RFDN B1..B4 <- RFDN B1..B4
+    opt = torch.optim.Adam([*student.parameters(), *obj.trainable_parameters()], lr=1e-3)
+    x = torch.rand(2, 3, 20, 20)
+    batch = {"lr": x, "hr": torch.rand(2, 3, 80, 80)}
+    before = student.B1.c1_r.weight.detach().clone()
+    terms, _ = obj(student(x), batch)
+    assert terms["l1"].item() == 0 and terms["kd"].item() == 0 and terms["pfeat"].item() > 0
+    sum(terms.values()).backward()
+    opt.step()
+    assert not torch.equal(before, student.B1.c1_r.weight)
+    # nothing routed to P (gate above any entropy): the hint term is an exact zero and P is not run
+    obj.router.gate = 8.0
+    calls = []
+    obj.p_hints.teacher.register_forward_pre_hook(lambda *a: calls.append(1))
+    terms, _ = obj(student(x), batch)
+    assert terms["pfeat"].item() == 0.0 and not calls
+    # one of two samples routed: the term equals that sample's hint loss alone
+    mask = torch.tensor([True, False])
+    with torch.no_grad():
+        student(x)
+        part = obj.p_hints.feature_term(x, mask).item()
+        student(x[:1])
+        alone = obj.p_hints.feature_term(x[:1]).item()
+    assert part == pytest.approx(alone, rel=1e-5)
+
+
+def test_dtkd_with_feature_hints_resumes_exactly(tmp_path, tiny_hr, teacher_ckpt, rfdn_teacher_ckpt, one_thread):
+    import main
+
+    extra = ("--train_by_TT", "True", "--t2_model_name", "RFDN", "--t2_checkpoint", rfdn_teacher_ckpt,
+             "--Rate_pfeat", "1", "--entropy_gate", "auto")
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert main.main(_train_args(straight, tiny_hr, teacher_ckpt, 3, *extra)) == 0
+    assert main.main(_train_args(split, tiny_hr, teacher_ckpt, 1, *extra)) == 0
+    assert main.main(_train_args(split, tiny_hr, teacher_ckpt, 3, *extra, "--auto_resume")) == 0
+    a = torch.load(straight / "run" / "checkpoints" / "latest.pth", weights_only=False)
+    b = torch.load(split / "run" / "checkpoints" / "latest.pth", weights_only=False)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for k in a["objective"]["adapters"]:
+        assert torch.equal(a["objective"]["adapters"][k], b["objective"]["adapters"][k]), k
+    header = (straight / "run" / "log.csv").read_text().splitlines()[0].split(",")
+    assert header[:5] == ["iter", "lr", "l1", "kd", "pfeat"]

@@ -16,7 +16,9 @@ Our definition of the method (DESIGN.md section 6), each part switchable for abl
   (``losses.texture_loss``), ``--t2_pixel_kd False`` (P's pixels are never a KD target), and
   ``--t2_band SIGMA`` (band-split target on texture-rich samples: F's low frequencies plus P's high
   frequencies, ``G*F + (P - G*P)``, so P teaches detail but not structure), and ``--t2_blend A``
-  (the target on texture-rich samples is the pixel blend ``(1 - A) F + A P``).
+  (the target on texture-rich samples is the pixel blend ``(1 - A) F + A P``), and ``--Rate_pfeat W``
+  (*P's feature hints*: FitNet hints, a learned 1x1 adapter and MSE, from the student's declared
+  feature points to P's, on texture-rich samples; P runs on the fly on those samples for its features).
 
 With ``--teacher_cache DIR`` each teacher's SR of every training image is computed once and cropped
 with the LR/HR patch (:mod:`Utils.objectives.teachers`), so a step costs about a plain step.
@@ -25,12 +27,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
 
 from Utils import losses
 from Utils.objectives.base import Objective
+from Utils.objectives.fitnet import FitNetObjective
 from Utils.objectives.teachers import FrozenTeacher, build_teacher_cache
 from Utils.routing import EntropyRouter, auto_gate, parse_gate
 
@@ -88,12 +92,35 @@ class DTKDObjective(Objective):
         if self.t2 is None and self.w_tex > 0:
             log.warning("no perceptual teacher: --Rate_tex is ignored")
             self.w_tex = 0.0
+        self.w_pfeat = float(cfg.get("Rate_pfeat", 0.0) or 0.0)
+        self.p_hints: Optional[FitNetObjective] = None
+        if self.w_pfeat > 0:
+            if self.t2 is None:
+                raise ValueError("--Rate_pfeat needs a perceptual teacher (--t2_checkpoint)")
+            self.p_hints = FitNetObjective({**cfg, "t1_model_name": cfg["t2_model_name"], "t1_checkpoint":
+                                            cfg["t2_checkpoint"], "Rate_l1": 0.0, "Rate_feat": 1.0}, device)
         names = ["l1", "kd"] + (["edge"] if self.w_edge > 0 else []) + (["lpts"] if self.w_pts > 0 else [])
         names += ["tex"] if self.w_tex > 0 else []
+        names += ["pfeat"] if self.p_hints is not None else []
         self.term_names = tuple(names + (["lbp"] if self.w_bp > 0 else []))
         # --loss_attn both: the KD term is error + trust attention; each part gets its own log column
         self.stat_names = ("frac_perceptual",) + (("kd_err", "kd_trust") if self.attn == "both" else ())
         self.use_cache = bool(cfg.get("teacher_cache"))
+
+    def attach_student(self, model) -> None:
+        if self.p_hints is not None:
+            self.p_hints.attach_student(model)
+
+    def trainable_parameters(self) -> list:
+        return self.p_hints.trainable_parameters() if self.p_hints is not None else []
+
+    def learned_state(self) -> Optional[dict]:
+        return self.p_hints.learned_state() if self.p_hints is not None else None
+
+    def load_learned_state(self, state: dict) -> None:
+        if self.p_hints is None:
+            super().load_learned_state(state)
+        self.p_hints.load_learned_state(state)
 
     def teachers(self) -> list[FrozenTeacher]:
         return [t for t in (self.t1, self.t2) if t is not None]
@@ -158,6 +185,8 @@ class DTKDObjective(Objective):
             terms["lpts"] = self.w_pts * self.vgg(sr, p, sample_mask=texture)
         if self.w_tex > 0:
             terms["tex"] = self.w_tex * losses.texture_loss(sr, p, self.tex_kind, self.tex_window, sample_mask=texture)
+        if self.p_hints is not None:
+            terms["pfeat"] = self.w_pfeat * self.p_hints.feature_term(x, texture)
         if self.w_bp > 0:
             terms["lbp"] = self.w_bp * losses.backprojection_loss(sr, x, self.scale)
         return terms, stats

@@ -157,13 +157,23 @@ class FeatureKDObjective(Objective):
             total = v if total is None else total + v
         return total
 
-    def forward(self, sr: torch.Tensor, batch: dict):
+    def feature_term(self, x: torch.Tensor, sample_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The unweighted feature loss of the student's last training pass on ``x``, over the samples of
+        ``sample_mask`` (all when None; the teacher runs on those alone; 0 with a graph when none)."""
         if self.s_tap is None:
             raise RuntimeError(f"--kd_method {self.method}: attach_student was never called")
-        x, y = batch["lr"], batch["hr"]
         s_feats = self.s_tap.take()
+        if sample_mask is not None:
+            sel = torch.nonzero(sample_mask.to(device=x.device).bool()).flatten()
+            if sel.numel() == 0:
+                return sum(f.float().sum() for f in s_feats) * 0.0
+            if sel.numel() < x.shape[0]:
+                s_feats, x = [f.index_select(0, sel) for f in s_feats], x.index_select(0, sel)
         self.teacher(x)
         t_feats = self.t_tap.take()
-        with torch.autocast(sr.device.type, enabled=False):
-            feat = self.feature_loss(s_feats, t_feats)
-        return {"l1": self.w_l1 * losses.l1_loss(sr, y), self.method: self.w_feat * feat}, {}
+        with torch.autocast(x.device.type, enabled=False):
+            return self.feature_loss(s_feats, t_feats)
+
+    def forward(self, sr: torch.Tensor, batch: dict):
+        feat = self.feature_term(batch["lr"])
+        return {"l1": self.w_l1 * losses.l1_loss(sr, batch["hr"]), self.method: self.w_feat * feat}, {}
