@@ -17,12 +17,17 @@ import torch
 from Model import build_model
 
 
+def _random_weights(tmp_path_factory, preset: str, seed: int) -> str:
+    """A checkpoint of ``preset`` with random weights (seeded), in a temporary folder."""
+    torch.manual_seed(seed)
+    path = tmp_path_factory.mktemp("teacher") / f"{preset}_random.pth"
+    torch.save(build_model(preset, 4).state_dict(), path)
+    return str(path)
+
+
 @pytest.fixture(scope="module")
 def teacher_ckpt(tmp_path_factory) -> str:
-    torch.manual_seed(1)
-    path = tmp_path_factory.mktemp("teacher") / "IMDN_random.pth"
-    torch.save(build_model("IMDN", 4).state_dict(), path)
-    return str(path)
+    return _random_weights(tmp_path_factory, "IMDN", 1)
 
 
 def _cfg(method: str, teacher: str, **kw) -> dict:
@@ -431,10 +436,7 @@ def test_every_kd_method_trains_under_bf16_autocast(method, tmp_path, tiny_hr, t
 
 @pytest.fixture(scope="module")
 def rfdn_teacher_ckpt(tmp_path_factory) -> str:
-    torch.manual_seed(2)
-    path = tmp_path_factory.mktemp("p_teacher") / "RFDN_random.pth"
-    torch.save(build_model("RFDN", 4).state_dict(), path)
-    return str(path)
+    return _random_weights(tmp_path_factory, "RFDN", 2)
 
 
 def _dtkd_pfeat_cfg(t1: str, t2: str, **kw) -> dict:

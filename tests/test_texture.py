@@ -91,6 +91,13 @@ def _one_step_changes_student(objective, batch) -> bool:
     return any(not torch.equal(b, p) for b, p in zip(before, student.parameters()))
 
 
+def _published_teachers(**kw) -> dict:
+    """A DTKD configuration with the published IMDN (F) and DTKD-RFDN-perceptual (P), plus ``kw``."""
+    return {"t1_model_name": "IMDN", "t1_checkpoint": str(need(WEIGHTS / "IMDN" / "IMDN_x4.pth")),
+            "t2_model_name": "RFDN", "t2_checkpoint": str(need(WEIGHTS / "SRDTKD" / "DTKD-RFDN-perceptual.pth")),
+            "scale": 4, **kw}
+
+
 def _batch() -> dict:
     torch.manual_seed(1)
     hr = torch.rand(2, 3, 64, 64)
@@ -108,10 +115,8 @@ def test_texture_term_alone_trains_the_student_on_ground_truth():
 def test_texture_term_alone_trains_the_student_from_the_perceptual_teacher():
     from Utils.objectives.dtkd import DTKDObjective
 
-    cfg = {"t1_model_name": "IMDN", "t1_checkpoint": str(need(WEIGHTS / "IMDN" / "IMDN_x4.pth")),
-           "t2_model_name": "RFDN", "t2_checkpoint": str(need(WEIGHTS / "SRDTKD" / "DTKD-RFDN-perceptual.pth")),
-           "entropy_gate": "0", "loss_attn": "both", "Rate_l1": 0.0, "Rate_kd": 0.0, "Rate_tex": 1.0,
-           "t2_pixel_kd": False, "scale": 4}
+    cfg = _published_teachers(entropy_gate="0", loss_attn="both", Rate_l1=0.0, Rate_kd=0.0, Rate_tex=1.0,
+                              t2_pixel_kd=False)
     obj = DTKDObjective(cfg, torch.device("cpu"))
     assert obj.term_names == ("l1", "kd", "tex")
     assert obj.stat_names == ("frac_perceptual", "kd_err", "kd_trust")
@@ -129,9 +134,7 @@ def test_error_and_trust_parts_are_logged_and_sum_to_the_kd_term():
     from Model import build_model
     from Utils.objectives.dtkd import DTKDObjective
 
-    cfg = {"t1_model_name": "IMDN", "t1_checkpoint": str(need(WEIGHTS / "IMDN" / "IMDN_x4.pth")),
-           "t2_model_name": "RFDN", "t2_checkpoint": str(need(WEIGHTS / "SRDTKD" / "DTKD-RFDN-perceptual.pth")),
-           "entropy_gate": "none", "loss_attn": "both", "Rate_kd": 0.7, "scale": 4}
+    cfg = _published_teachers(entropy_gate="none", loss_attn="both", Rate_kd=0.7)
     obj = DTKDObjective(cfg, torch.device("cpu"))
     b = _batch()
     with torch.no_grad():
@@ -211,9 +214,7 @@ def test_band_split_known_values():
 def test_band_split_target_of_dtkd():
     from Utils.objectives.dtkd import DTKDObjective
 
-    cfg = {"t1_model_name": "IMDN", "t1_checkpoint": str(need(WEIGHTS / "IMDN" / "IMDN_x4.pth")),
-           "t2_model_name": "RFDN", "t2_checkpoint": str(need(WEIGHTS / "SRDTKD" / "DTKD-RFDN-perceptual.pth")),
-           "entropy_gate": "0", "loss_attn": "none", "Rate_l1": 0.0, "t2_band": 1.0, "scale": 4}
+    cfg = _published_teachers(entropy_gate="0", loss_attn="none", Rate_l1=0.0, t2_band=1.0)
     obj = DTKDObjective(cfg, torch.device("cpu"))
     b = _batch()
     f, p = torch.rand_like(b["hr"]), torch.rand_like(b["hr"])
@@ -271,9 +272,7 @@ def test_gram_on_selected_samples_equals_the_full_computation():
 def test_blend_target_of_dtkd():
     from Utils.objectives.dtkd import DTKDObjective
 
-    cfg = {"t1_model_name": "IMDN", "t1_checkpoint": str(need(WEIGHTS / "IMDN" / "IMDN_x4.pth")),
-           "t2_model_name": "RFDN", "t2_checkpoint": str(need(WEIGHTS / "SRDTKD" / "DTKD-RFDN-perceptual.pth")),
-           "entropy_gate": "0", "loss_attn": "none", "Rate_l1": 0.0, "t2_blend": 0.25, "scale": 4}
+    cfg = _published_teachers(entropy_gate="0", loss_attn="none", Rate_l1=0.0, t2_blend=0.25)
     obj = DTKDObjective(cfg, torch.device("cpu"))
     b = _batch()
     f, p = torch.zeros_like(b["hr"]), torch.ones_like(b["hr"])

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from Utils import losses
 from Utils.imresize import imresize_torch
 from Utils.objectives.base import Objective
-from Utils.objectives.teachers import FrozenTeacher, build_teacher_cache
+from Utils.objectives.teachers import build_teacher_cache, single_teacher
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +106,9 @@ class DUKDObjective(Objective):
 
     def __init__(self, cfg: dict, device: torch.device):
         super().__init__()
-        if not cfg.get("t1_checkpoint"):
-            raise ValueError("--kd_method dukd needs --t1_checkpoint (the teacher's weights; "
-                             "--t1_model_name names its preset)")
+        self.teacher = single_teacher(cfg, "dukd", device)
         self.cfg = cfg
         self.scale = int(cfg["scale"])
-        self.teacher = FrozenTeacher(cfg["t1_model_name"], cfg["t1_checkpoint"], device, self.scale)
         self.w_l1, self.w_kd = float(cfg.get("Rate_l1", 1.0)), float(cfg.get("Rate_kd", 1.0))
         self.w_up = float(cfg.get("Rate_dukd", 1.0))
         self.zoom_in, self.zoom_out = int(cfg.get("dukd_zoom_in", 2)), int(cfg.get("dukd_zoom_out", 2))

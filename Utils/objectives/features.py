@@ -7,7 +7,8 @@
   RFDN B1..B4 with IMDN IMDB2, IMDB3, IMDB5, IMDB6).
 * **Forward hooks** (:class:`FeatureTap`) collect them; no model and no key name changes. The student's
   hooks keep features only in training mode (validation passes collect nothing).
-* **The teacher** (``--t1_model_name`` / ``--t1_checkpoint``) is a :class:`~Utils.objectives.teachers.FrozenTeacher`
+* **The teacher** (``--t1_model_name`` / ``--t1_checkpoint``) is a
+  :class:`~Utils.objectives.teachers.FrozenTeacher` (:func:`~Utils.objectives.teachers.single_teacher`)
   (frozen, eval mode, no gradients, never in DDP) run on every batch: its features cannot be cached.
 * **Total**: ``Rate_l1`` L1(S, y) + ``Rate_feat`` * (sum over the point pairs of the method's loss),
   the loss computed in float32 outside autocast. ``--Rate_feat`` defaults to the method's paper value.
@@ -23,7 +24,7 @@ import torch.nn as nn
 from Model import get_preset
 from Utils import losses
 from Utils.objectives.base import Objective
-from Utils.objectives.teachers import FrozenTeacher
+from Utils.objectives.teachers import single_teacher
 
 log = logging.getLogger(__name__)
 
@@ -109,12 +110,9 @@ class FeatureKDObjective(Objective):
 
     def __init__(self, cfg: dict, device: torch.device):
         super().__init__()
-        if not cfg.get("t1_checkpoint"):
-            raise ValueError(f"--kd_method {self.method} needs --t1_checkpoint (the teacher's weights; "
-                             f"--t1_model_name names its preset)")
+        self.teacher = single_teacher(cfg, self.method, device)
         self.cfg = cfg
         self.device = device
-        self.teacher = FrozenTeacher(cfg["t1_model_name"], cfg["t1_checkpoint"], device, int(cfg["scale"]))
         student = get_preset(cfg["model_name"]).name
         s_pts = tuple(cfg.get("kd_student_points") or declared_points(student, self.method))
         t_given = cfg.get("kd_teacher_points")

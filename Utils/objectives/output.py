@@ -11,7 +11,7 @@ import torch
 
 from Utils import losses
 from Utils.objectives.base import Objective
-from Utils.objectives.teachers import FrozenTeacher, build_teacher_cache
+from Utils.objectives.teachers import build_teacher_cache, single_teacher
 
 log = logging.getLogger(__name__)
 
@@ -23,11 +23,8 @@ class OutputKDObjective(Objective):
 
     def __init__(self, cfg: dict, device: torch.device):
         super().__init__()
-        if not cfg.get("t1_checkpoint"):
-            raise ValueError("--kd_method output needs --t1_checkpoint (the teacher's weights; "
-                             "--t1_model_name names its preset)")
+        self.t1 = single_teacher(cfg, "output", device)
         self.cfg = cfg
-        self.t1 = FrozenTeacher(cfg["t1_model_name"], cfg["t1_checkpoint"], device, int(cfg["scale"]))
         self.w_l1, self.w_kd = float(cfg.get("Rate_l1", 1.0)), float(cfg.get("Rate_kd", 1.0))
         self.use_cache = bool(cfg.get("teacher_cache"))
         log.info("--kd_method output: teacher %s %s", self.t1.preset.name,

@@ -96,3 +96,12 @@ def build_teacher_cache(teacher: FrozenTeacher, dataset, root: Path, key: str, t
                                    f"{dataset.records[i].hr_path}")
             save_npy_atomic(paths[i], img)
     return paths
+
+
+def single_teacher(cfg: dict, method: str, device: torch.device) -> FrozenTeacher:
+    """The one teacher of a single-teacher method (``--t1_model_name`` / ``--t1_checkpoint``), at the
+    student's scale; a one-line error naming the method when no checkpoint is given."""
+    if not cfg.get("t1_checkpoint"):
+        raise ValueError(f"--kd_method {method} needs --t1_checkpoint (the teacher's weights; "
+                         f"--t1_model_name names its preset)")
+    return FrozenTeacher(cfg["t1_model_name"], cfg["t1_checkpoint"], device, int(cfg["scale"]))
