@@ -320,7 +320,7 @@ def test_dukd_upcycled_terms_alone_change_the_student(teacher_ckpt, one_thread, 
     assert student.B1.c1_r.weight.grad.abs().sum() > 0
     opt.step()
     assert not torch.equal(before["B1.c1_r.weight"], student.state_dict()["B1.c1_r.weight"])
-    assert not obj.teacher.net.training and all(p.grad is None for p in obj.teacher.net.parameters())
+    assert not obj.t1.net.training and all(p.grad is None for p in obj.t1.net.parameters())
 
 
 def test_dukd_zoom_terms_vanish_for_a_student_equal_to_its_teacher(teacher_ckpt, monkeypatch):
@@ -343,7 +343,7 @@ def test_dukd_zoom_terms_vanish_for_a_student_equal_to_its_teacher(teacher_ckpt,
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), torch.nn.Upsample(scale_factor=4, mode="nearest"))
     obj = build_objective(_cfg("dukd", teacher_ckpt, model_name="IMDN", patch_size=64), torch.device("cpu"))
     obj.attach_student(net)
-    obj.teacher.net = net
+    obj.t1.net = net
     for k in range(N_DIHEDRAL):
         monkeypatch.setattr(torch, "randint", lambda *a, _k=k, **kw: torch.tensor(_k) if a == (0, N_DIHEDRAL, ())
                             else _randint(*a, **kw))
@@ -352,7 +352,7 @@ def test_dukd_zoom_terms_vanish_for_a_student_equal_to_its_teacher(teacher_ckpt,
         assert terms["zoom_in"].item() < 1e-6 and terms["zoom_out"].item() < 1e-6, k
     # a network that is not equivariant (a 3x3 conv) is not: the transform is really applied
     net3 = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 3, padding=1), torch.nn.Upsample(scale_factor=4))
-    obj.student = obj.teacher.net = net3
+    obj.student = obj.t1.net = net3
     with torch.no_grad():
         assert obj(net3(x), {"lr": x, "hr": y})[0]["zoom_in"].item() > 1e-4  # k = 7 from the last patch
 

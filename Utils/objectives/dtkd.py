@@ -35,7 +35,7 @@ import torch
 from Utils import losses
 from Utils.objectives.base import Objective
 from Utils.objectives.fitnet import FitNetObjective
-from Utils.objectives.teachers import FrozenTeacher, build_teacher_cache
+from Utils.objectives.teachers import FrozenTeacher, attach_cached_outputs
 from Utils.routing import EntropyRouter, auto_gate, parse_gate
 
 log = logging.getLogger(__name__)
@@ -137,8 +137,7 @@ class DTKDObjective(Objective):
         if self.use_cache:
             for key, t in zip(TEACHER_KEYS, (self.t1, self.t2)):
                 if t is not None:
-                    dataset.add_extra_target(key, build_teacher_cache(t, dataset, Path(self.cfg["teacher_cache"]), key,
-                                                                     progress=not self.cfg.get("quiet")))
+                    attach_cached_outputs(dataset, t, key, self.cfg)
 
     def _kd(self, sr: torch.Tensor, target: torch.Tensor, y: torch.Tensor, parts: list) -> torch.Tensor:
         """The (unweighted) KD term to ``target``; with ``both`` its error and trust parts go to ``parts``."""

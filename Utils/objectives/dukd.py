@@ -25,7 +25,6 @@ with the main pass's.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Optional
 
 import torch
@@ -34,8 +33,7 @@ import torch.nn.functional as F
 
 from Utils import losses
 from Utils.imresize import imresize_torch
-from Utils.objectives.base import Objective
-from Utils.objectives.teachers import build_teacher_cache, single_teacher
+from Utils.objectives.output import OutputKDObjective
 
 log = logging.getLogger(__name__)
 
@@ -99,17 +97,15 @@ def smallest_input(model: nn.Module, start: int, stop: int) -> int:
     return stop
 
 
-class DUKDObjective(Objective):
-    """See the module docstring."""
+class DUKDObjective(OutputKDObjective):
+    """Output KD (its teacher ``t1``, weights and cache) plus the upcycled terms; see the module docstring."""
 
+    method = "dukd"
     term_names = ("l1", "kd", "zoom_in", "zoom_out")
 
     def __init__(self, cfg: dict, device: torch.device):
-        super().__init__()
-        self.teacher = single_teacher(cfg, "dukd", device)
-        self.cfg = cfg
+        super().__init__(cfg, device)
         self.scale = int(cfg["scale"])
-        self.w_l1, self.w_kd = float(cfg.get("Rate_l1", 1.0)), float(cfg.get("Rate_kd", 1.0))
         self.w_up = float(cfg.get("Rate_dukd", 1.0))
         self.zoom_in, self.zoom_out = int(cfg.get("dukd_zoom_in", 2)), int(cfg.get("dukd_zoom_out", 2))
         if self.zoom_in < 1 or self.zoom_out < 2:
@@ -119,12 +115,11 @@ class DUKDObjective(Objective):
             raise ValueError(f"--dukd_zoom_in {self.zoom_in} exceeds the scale {self.scale}: the crop would "
                              f"be larger than the HR patch allows")
         self.consistency = bool(cfg.get("dukd_consistency", True))
-        self.use_cache = bool(cfg.get("teacher_cache"))
         self.student: Optional[nn.Module] = None
         self.min_input = 1
-        log.info("--kd_method dukd: teacher %s runs on the fly for the upcycled samples (zoom-in /%d, zoom-out "
-                 "/%d, label consistency %s); weights l1 %g, kd %g, dukd %g", self.teacher.preset.name,
-                 self.zoom_in, self.zoom_out, "on" if self.consistency else "off", self.w_l1, self.w_kd, self.w_up)
+        log.info("--kd_method dukd: the teacher also runs on the fly for the upcycled samples (zoom-in /%d, "
+                 "zoom-out /%d, label consistency %s); weight %g each", self.zoom_in, self.zoom_out,
+                 "on" if self.consistency else "off", self.w_up)
 
     def attach_student(self, model: nn.Module) -> None:
         self.student = model
@@ -133,11 +128,6 @@ class DUKDObjective(Objective):
         if self.min_input > lr_patch // self.zoom_out:
             log.info("dukd: zoom-out inputs (%d px) are mirror-padded to %d px, the student's smallest input",
                      lr_patch // self.zoom_out, self.min_input)
-
-    def attach_dataset(self, dataset) -> None:
-        if self.use_cache:
-            dataset.add_extra_target("t1", build_teacher_cache(self.teacher, dataset, Path(self.cfg["teacher_cache"]),
-                                                               "t1", progress=not self.cfg.get("quiet")))
 
     def upcycle(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The zoom-in and zoom-out inputs of a batch (LR ``x``, HR ``y``), detached, in [0, 1]."""
@@ -152,7 +142,7 @@ class DUKDObjective(Objective):
 
     def _distil(self, inp: torch.Tensor) -> torch.Tensor:
         """L1 between the student on ``inp`` (under a random invertible transform, mapped back) and the teacher."""
-        target = self.teacher(inp)
+        target = self.t1(inp)
         if self.consistency:
             k = int(torch.randint(0, N_DIHEDRAL, ()).item())
             out = dihedral_inverse(self.student(dihedral(inp, k)), k)
@@ -163,10 +153,8 @@ class DUKDObjective(Objective):
     def forward(self, sr: torch.Tensor, batch: dict):
         if self.student is None:
             raise RuntimeError("--kd_method dukd: attach_student was never called")
-        x, y = batch["lr"], batch["hr"]
-        t = batch["t1"] if "t1" in batch else self.teacher(x)
-        terms = {"l1": self.w_l1 * losses.l1_loss(sr, y), "kd": self.w_kd * losses.l1_loss(sr, t)}
-        zin, zout = self.upcycle(x, y)
+        terms, stats = super().forward(sr, batch)
+        zin, zout = self.upcycle(batch["lr"], batch["hr"])
         terms["zoom_in"] = self.w_up * self._distil(zin)
         terms["zoom_out"] = self.w_up * self._distil(zout)
-        return terms, {}
+        return terms, stats

@@ -98,6 +98,13 @@ def build_teacher_cache(teacher: FrozenTeacher, dataset, root: Path, key: str, t
     return paths
 
 
+def attach_cached_outputs(dataset, teacher: FrozenTeacher, key: str, cfg: dict) -> None:
+    """Give ``dataset`` the extra target ``key``: ``teacher``'s cached SR of every training image under
+    ``--teacher_cache`` (built once), cropped and augmented with each patch."""
+    dataset.add_extra_target(key, build_teacher_cache(teacher, dataset, Path(cfg["teacher_cache"]), key,
+                                                      progress=not cfg.get("quiet")))
+
+
 def single_teacher(cfg: dict, method: str, device: torch.device) -> FrozenTeacher:
     """The one teacher of a single-teacher method (``--t1_model_name`` / ``--t1_checkpoint``), at the
     student's scale; a one-line error naming the method when no checkpoint is given."""
