@@ -466,11 +466,29 @@ def test_dtkd_perceptual_feature_hints_alone_change_the_student_only_on_routed_s
     sum(terms.values()).backward()
     opt.step()
     assert not torch.equal(before, student.B1.c1_r.weight)
-    # nothing routed to P (gate above any entropy): the hint term is an exact zero and P is not run
-    obj.router.gate = 8.0
+    # P is the same frozen teacher for its output and its hints: loaded once
+    assert obj.p_hints.teacher is obj.t2
     calls = []
-    obj.p_hints.teacher.register_forward_pre_hook(lambda *a: calls.append(1))
+    obj.t2.register_forward_pre_hook(lambda *a: calls.append(1))
+    # without the teacher cache, P runs once per step (its pass serves the output and the hints)
     terms, _ = obj(student(x), batch)
+    assert terms["pfeat"].item() > 0 and len(calls) == 1
+    # the hints equal those of a separate pass of P on the batch
+    with torch.no_grad():
+        student(x)
+        shared = obj.p_hints.feature_term(x).item()
+        student(x)
+        obj.t2(x)
+        ran = obj.p_hints.feature_term(x, teacher_ran=True).item()
+    assert shared == pytest.approx(ran, rel=1e-6)
+    # nothing routed to P (gate above any entropy): the hint term is an exact zero and, with P's output
+    # from the cache (in the batch), P is not run
+    calls.clear()
+    obj.router.gate = 8.0
+    with torch.no_grad():
+        p_out = obj.t2(x)
+    calls.clear()
+    terms, _ = obj(student(x), {**batch, "t2": p_out})
     assert terms["pfeat"].item() == 0.0 and not calls
     # one of two samples routed: the term equals that sample's hint loss alone
     mask = torch.tensor([True, False])

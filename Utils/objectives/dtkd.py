@@ -18,7 +18,8 @@ Our definition of the method (DESIGN.md section 6), each part switchable for abl
   frequencies, ``G*F + (P - G*P)``, so P teaches detail but not structure), and ``--t2_blend A``
   (the target on texture-rich samples is the pixel blend ``(1 - A) F + A P``), and ``--Rate_pfeat W``
   (*P's feature hints*: FitNet hints, a learned 1x1 adapter and MSE, from the student's declared
-  feature points to P's, on texture-rich samples; P runs on the fly on those samples for its features).
+  feature points to P's, on texture-rich samples; with the cache P runs on those samples for its
+  features, without it its one pass on the batch serves both its output and its features).
 
 With ``--teacher_cache DIR`` each teacher's SR of every training image is computed once and cropped
 with the LR/HR patch (:mod:`Utils.objectives.teachers`), so a step costs about a plain step.
@@ -98,7 +99,8 @@ class DTKDObjective(Objective):
             if self.t2 is None:
                 raise ValueError("--Rate_pfeat needs a perceptual teacher (--t2_checkpoint)")
             self.p_hints = FitNetObjective({**cfg, "t1_model_name": cfg["t2_model_name"], "t1_checkpoint":
-                                            cfg["t2_checkpoint"], "Rate_l1": 0.0, "Rate_feat": 1.0}, device)
+                                            cfg["t2_checkpoint"], "Rate_l1": 0.0, "Rate_feat": 1.0}, device,
+                                           teacher=self.t2)  # the same P: loaded once, run once per step
         names = ["l1", "kd"] + (["edge"] if self.w_edge > 0 else []) + (["lpts"] if self.w_pts > 0 else [])
         names += ["tex"] if self.w_tex > 0 else []
         names += ["pfeat"] if self.p_hints is not None else []
@@ -185,7 +187,8 @@ class DTKDObjective(Objective):
         if self.w_tex > 0:
             terms["tex"] = self.w_tex * losses.texture_loss(sr, p, self.tex_kind, self.tex_window, sample_mask=texture)
         if self.p_hints is not None:
-            terms["pfeat"] = self.w_pfeat * self.p_hints.feature_term(x, texture)
+            # without the cache P ran on the whole batch above and its hooks hold the features
+            terms["pfeat"] = self.w_pfeat * self.p_hints.feature_term(x, texture, teacher_ran="t2" not in batch)
         if self.w_bp > 0:
             terms["lbp"] = self.w_bp * losses.backprojection_loss(sr, x, self.scale)
         return terms, stats

@@ -24,7 +24,7 @@ import torch.nn as nn
 from Model import get_preset
 from Utils import losses
 from Utils.objectives.base import Objective
-from Utils.objectives.teachers import single_teacher
+from Utils.objectives.teachers import FrozenTeacher, single_teacher
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +108,10 @@ class FeatureKDObjective(Objective):
     method = ""
     default_weight = 1.0
 
-    def __init__(self, cfg: dict, device: torch.device):
+    def __init__(self, cfg: dict, device: torch.device, teacher: Optional[FrozenTeacher] = None):
         super().__init__()
-        self.teacher = single_teacher(cfg, self.method, device)
+        # ``teacher``: one the caller already holds (DTKD's perceptual teacher), not loaded a second time
+        self.teacher = teacher if teacher is not None else single_teacher(cfg, self.method, device)
         self.cfg = cfg
         self.device = device
         student = get_preset(cfg["model_name"]).name
@@ -155,20 +156,26 @@ class FeatureKDObjective(Objective):
             total = v if total is None else total + v
         return total
 
-    def feature_term(self, x: torch.Tensor, sample_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def feature_term(self, x: torch.Tensor, sample_mask: Optional[torch.Tensor] = None,
+                     teacher_ran: bool = False) -> torch.Tensor:
         """The unweighted feature loss of the student's last training pass on ``x``, over the samples of
-        ``sample_mask`` (all when None; the teacher runs on those alone; 0 with a graph when none)."""
+        ``sample_mask`` (all when None; 0 with a graph when none). The teacher runs on those samples
+        alone, unless ``teacher_ran``: the caller has just run it on the whole ``x`` and its hooks hold
+        the features."""
         if self.s_tap is None:
             raise RuntimeError(f"--kd_method {self.method}: attach_student was never called")
         s_feats = self.s_tap.take()
+        t_feats = self.t_tap.take() if teacher_ran else None
         if sample_mask is not None:
             sel = torch.nonzero(sample_mask.to(device=x.device).bool()).flatten()
             if sel.numel() == 0:
                 return sum(f.float().sum() for f in s_feats) * 0.0
             if sel.numel() < x.shape[0]:
                 s_feats, x = [f.index_select(0, sel) for f in s_feats], x.index_select(0, sel)
-        self.teacher(x)
-        t_feats = self.t_tap.take()
+                t_feats = None if t_feats is None else [f.index_select(0, sel) for f in t_feats]
+        if t_feats is None:
+            self.teacher(x)
+            t_feats = self.t_tap.take()
         with torch.autocast(x.device.type, enabled=False):
             return self.feature_loss(s_feats, t_feats)
 
