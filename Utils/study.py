@@ -73,10 +73,6 @@ LOWER_IS_BETTER = {"niqe", "lpips"}
 CONFIDENCE = 0.95
 
 
-# objectives that read their teachers' outputs from --teacher_cache (feature methods need the live teacher)
-CACHED_TEACHER_METHODS = ("dtkd", "output", "dukd")
-
-
 class StudyError(ValueError):
     """A bad study file: the message is one line naming the file, the key and the problem."""
 
@@ -172,6 +168,8 @@ def load_study(path: PathLike) -> Study:
     """Read and validate a study file; every problem is a one-line :class:`StudyError`."""
     import yaml
 
+    from Utils.objectives import OBJECTIVES
+
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
@@ -258,7 +256,8 @@ def load_study(path: PathLike) -> Study:
         merged = {**defaults, **flags}
         merged.setdefault("cache_dir", str(cache / "decoded"))
         distils = str(merged.get("train_by_TT", False)).lower() in ("true", "1", "yes")
-        if merged.get("kd_method") in CACHED_TEACHER_METHODS or (distils and not merged.get("kd_method")):
+        method = merged.get("kd_method") or ("dtkd" if distils else "gt")
+        if getattr(OBJECTIVES.get(method), "reads_teacher_cache", False):  # feature methods need the live teacher
             merged.setdefault("teacher_cache", str(cache / "teachers"))
         merged.setdefault("valid_dataset", "")
         for key, value in merged.items():

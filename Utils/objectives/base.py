@@ -28,6 +28,7 @@ class Objective(nn.Module):
 
     term_names: tuple[str, ...] = ()
     stat_names: tuple[str, ...] = ()
+    reads_teacher_cache = False  # True: teacher outputs may come from --teacher_cache (a study shares one)
 
     def forward(self, sr: torch.Tensor, batch: dict) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         raise NotImplementedError

@@ -48,6 +48,7 @@ class DTKDObjective(Objective):
     """The DTKD loss (see the module docstring); logs every term and the routed fraction."""
 
     stat_names = ("frac_perceptual",)
+    reads_teacher_cache = True
 
     def __init__(self, cfg: dict, device: torch.device):
         super().__init__()

@@ -20,6 +20,7 @@ class OutputKDObjective(Objective):
 
     method = "output"
     term_names = ("l1", "kd")
+    reads_teacher_cache = True
 
     def __init__(self, cfg: dict, device: torch.device):
         super().__init__()
