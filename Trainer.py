@@ -32,6 +32,7 @@ import torch.nn as nn
 
 from Model import build_model, get_preset
 from Utils.checkpoint import atomic_save, load_weights, read_checkpoint, unwrap_model
+from Utils.inference import probe_forward
 
 log = logging.getLogger("Trainer")
 
@@ -189,17 +190,12 @@ class Trainer:
     def _check_patch_size(self, model: nn.Module, lr_patch: int) -> None:
         """Fail at once, with a message, when the network cannot take LR patches of this size
         (e.g. RFDN's ESA block needs at least 15x15: --patch_size 64 at x4, not 48)."""
-        was_training = model.training
-        model.eval()
         try:
-            with torch.no_grad():
-                model(torch.zeros(1, 3, lr_patch, lr_patch, device=self.device))
+            probe_forward(model, lr_patch)
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise TrainingError(f"--patch_size {self.cfg['patch_size']}: {self.preset.name} cannot process "
                                 f"{lr_patch}x{lr_patch} LR patches ({first[:160]}); use a larger patch") from None
-        finally:
-            model.train(was_training)
 
     def _seed_everything(self, seed: int) -> None:
         random.seed(seed)

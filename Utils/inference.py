@@ -122,3 +122,15 @@ def super_resolve(model: nn.Module, lr: torch.Tensor, scale: int = 4, pad_multip
             out = _forward_padded(model, x, scale, pad_multiple)
     return out.float()
 
+
+def probe_forward(model: nn.Module, size: int) -> torch.Tensor:
+    """One forward pass of a zero ``size`` x ``size`` RGB image on the model's device, in eval mode and
+    without gradients, the model's mode restored after; the output, or the model's own error."""
+    dev = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return model(torch.zeros(1, 3, size, size, device=dev))
+    finally:
+        model.train(was_training)

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from Utils import losses
 from Utils.imresize import imresize_torch
+from Utils.inference import probe_forward
 from Utils.objectives.output import OutputKDObjective
 
 log = logging.getLogger(__name__)
@@ -81,19 +82,12 @@ def mirror_pad_to(x: torch.Tensor, size: int) -> torch.Tensor:
 
 def smallest_input(model: nn.Module, start: int, stop: int) -> int:
     """The smallest square input in ``start..stop`` that ``model`` accepts (one no-grad probe per size)."""
-    dev = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        for m in range(max(1, start), stop + 1):
-            try:
-                with torch.no_grad():
-                    model(torch.zeros(1, 3, m, m, device=dev))
-                return m
-            except RuntimeError:
-                continue
-    finally:
-        model.train(was_training)
+    for m in range(max(1, start), stop + 1):
+        try:
+            probe_forward(model, m)
+            return m
+        except RuntimeError:
+            continue
     return stop
 
 

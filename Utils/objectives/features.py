@@ -23,6 +23,7 @@ import torch.nn as nn
 
 from Model import get_preset
 from Utils import losses
+from Utils.inference import probe_forward
 from Utils.objectives.base import Objective
 from Utils.objectives.teachers import FrozenTeacher, single_teacher
 
@@ -89,17 +90,12 @@ class FeatureTap:
 
 def probe_channels(model: nn.Module, names: Sequence[str], who: str, size: int = 32) -> list[int]:
     """Channels of the features at ``names``, by one small forward pass (no gradients, eval mode)."""
-    dev = next(model.parameters()).device
     tap = FeatureTap(model, names, who)
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
-            model(torch.zeros(1, 3, size, size, device=dev))
+        probe_forward(model, size)
         return [f.shape[1] for f in tap.take()]
     finally:
         tap.remove()
-        model.train(was_training)
 
 
 class FeatureKDObjective(Objective):
