@@ -30,8 +30,8 @@ from pathlib import Path
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (SHARED, WEIGHTS, add_common_args, default_csv, describe, load_avg, machine_info,  # noqa: E402
-                    markdown_table, median, now, setup, sync, write_csv)
+from common import (SHARED, WEIGHTS, add_common_args, describe, machine_info, markdown_table,  # noqa: E402
+                    median, record, setup, sync)
 
 import main_for_infer  # noqa: E402
 from Model import get_model, get_preset  # noqa: E402
@@ -110,11 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     r = med["full"] / med["forward"]
     print(f"# {len(images)} images; full evaluation / forward: {r:.3f}x (acceptance < 1.5: "
           f"{'PASS' if r < 1.5 else 'FAIL'}); loop only / forward: {med['loop'] / med['forward']:.3f}x")
-    print(f"# load average (1 min): start {info['load_avg_1m']}, end {load_avg()}")
-    stamp = {"time": now(), "model": args.model, "checkpoint": Path(args.checkpoint).name,
-             "sets": "+".join(args.sets), "images": len(images), **info, "load_avg_end": load_avg()}
-    out = write_csv(args.csv or default_csv(__file__), [{**stamp, **row} for row in rows])
-    print(f"# appended {len(rows)} rows to {out}")
+    record(args.csv, __file__, info, rows, model=args.model, checkpoint=Path(args.checkpoint).name,
+           sets="+".join(args.sets), images=len(images))
 
     if args.profile:
         prof = cProfile.Profile()

@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (SHARED, WEIGHTS, add_common_args, default_csv, describe, interleaved,  # noqa: E402
-                    load_avg, machine_info, markdown_table, median, now, setup, sync, write_csv)
+from common import (SHARED, WEIGHTS, add_common_args, describe, interleaved, machine_info,  # noqa: E402
+                    markdown_table, median, record, setup, sync)
 
 import main as train_cli  # noqa: E402
 from Utils.datasets import build_train_dataset, make_train_loader  # noqa: E402
@@ -103,9 +103,7 @@ def main(argv: list[str] | None = None) -> int:
              "ratio_vs_plain": med[k] / med["plain"], "repeats": len(times[k])} for k in times]
     print(markdown_table(rows, ["method", "ms_per_step", "cpu_ms_per_step", "ratio_vs_plain"],
                          ["method", "ms per step", "CPU ms per step", "time / plain step"]))
-    print(f"# load average (1 min): start {info['load_avg_1m']}, end {load_avg()}")
-    stamp = {"time": now(), "batch": args.batch, "patch": args.patch, "amp": args.amp, **info, "load_avg_end": load_avg()}
-    write_csv(args.csv or default_csv(__file__), [{**stamp, **row} for row in rows])
+    record(args.csv, __file__, info, rows, batch=args.batch, patch=args.patch, amp=args.amp)
     for tr in trainers.values():
         tr.close()
     tmp.cleanup()

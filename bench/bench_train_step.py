@@ -39,8 +39,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (RESULTS, SHARED, WEIGHTS, add_common_args, default_csv, describe, interleaved,  # noqa: E402
-                    load_avg, machine_info, markdown_table, median, now, setup, sync, write_csv)
+from common import (RESULTS, SHARED, WEIGHTS, add_common_args, describe, interleaved, machine_info,  # noqa: E402
+                    markdown_table, median, record, setup, sync)
 
 import main as train_cli  # noqa: E402
 from Model import build_model  # noqa: E402
@@ -211,11 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# DTKD with teacher cache / plain: {r_cache:.3f}x  (acceptance <= 1.2: {'PASS' if r_cache <= 1.2 else 'FAIL'})")
     print(f"# loader / plain-step consumption: {r_load:.2f}x  (acceptance >= 3: {'PASS' if r_load >= 3 else 'FAIL'}); "
           f"loader with teacher targets / DTKD-cache consumption: {r_load_c:.2f}x")
-    print(f"# load average (1 min): start {info['load_avg_1m']}, end {load_avg()}")
-    stamp = {"time": now(), "batch": args.batch, "patch": patch, "amp": args.amp, "workers": args.workers,
-             "entropy_gate": round(gate, 4), "frac_perceptual": frac, **info, "load_avg_end": load_avg()}
-    out = write_csv(args.csv or default_csv(__file__), [{**stamp, **row} for row in rows])
-    print(f"# appended {len(rows)} rows to {out}")
+    record(args.csv, __file__, info, rows, batch=args.batch, patch=patch, amp=args.amp, workers=args.workers,
+           entropy_gate=round(gate, 4), frac_perceptual=frac)
     for tr in trainers.values():
         tr.close()
     tmp.cleanup()

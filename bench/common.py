@@ -181,6 +181,16 @@ def default_csv(script_file: str) -> Path:
     return RESULTS / f"{stem.removeprefix('bench_')}.csv"
 
 
+def record(csv_path: Optional[str], script_file: str, info: Mapping, rows: Sequence[Mapping], **fields) -> Path:
+    """End of a benchmark: print the load average, stamp every row (time, ``fields``, the machine, the
+    final load) and append the rows to ``csv_path`` (default: :func:`default_csv` of the script)."""
+    print(f"# load average (1 min): start {info['load_avg_1m']}, end {load_avg()}")
+    stamp = {"time": now(), **fields, **info, "load_avg_end": load_avg()}
+    out = write_csv(Path(csv_path) if csv_path else default_csv(script_file), [{**stamp, **row} for row in rows])
+    print(f"# appended {len(rows)} rows to {out}")
+    return out
+
+
 def write_csv(path: Path, rows: Sequence[Mapping]) -> Path:
     """Append ``rows`` to ``path``; the header becomes the union of the old and new columns."""
     path = Path(path)
