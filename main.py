@@ -124,6 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
     a("--Rate_pfeat", type=float, default=0.0,
       help="ours: weight of the perceptual teacher's feature hints (FitNet: learned 1x1 adapters, MSE) at "
            "the presets' declared feature points, on texture-rich samples; P runs on the fly for them")
+    a("--Rate_adv", type=float, default=0.0,
+      help="ours: weight of an adversarial term (relativistic patch GAN; the discriminator is learned from "
+           "scratch, no pretrained network); DTKD: on texture-rich samples")
+    a("--adv_real", default="auto", choices=["auto", "gt", "teacher"],
+      help="what the discriminator learns as real: the ground truth, or (DTKD) the perceptual teacher's "
+           "outputs; auto: the teacher when there is one, else the ground truth")
+    a("--adv_lr", type=float, default=1e-4, help="the discriminator's Adam learning rate")
+    a("--adv_channels", type=int, default=64, help="the discriminator's width at full resolution")
     a("--teacher_cache", default=None, help="folder for cached teacher outputs (computed once)")
     # the field's KD baselines (Utils/objectives/; the teacher is --t1_model_name / --t1_checkpoint)
     a("--kd_method", default=None, choices=["gt", "dtkd", "output", "fakd", "fitnet", "at", "dukd"],

@@ -23,7 +23,9 @@ class Objective(nn.Module):
     before the optimizer is built (feature methods register forward hooks there, FitNet builds its
     adapters); ``attach_dataset(dataset)`` with the training set (DTKD's auto gate, teacher caches).
     Learned parts of an objective (FitNet's adapters) are its ``trainable_parameters()``: the trainer
-    optimises them with the student and saves ``learned_state()`` in its checkpoints.
+    optimises them with the student and saves ``learned_state()`` in its checkpoints. A part with an
+    objective of its own (the adversarial term's discriminator) is updated in ``critic_step()``, which
+    the trainer calls after each optimizer step of the student that was not skipped.
     """
 
     term_names: tuple[str, ...] = ()
@@ -39,6 +41,9 @@ class Objective(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Parameters learned with the student (none for most objectives)."""
         return []
+
+    def critic_step(self) -> None:
+        """Update parts that learn against the student (a discriminator) after its step; none by default."""
 
     def learned_state(self) -> Optional[dict]:
         """State dict of the learned parts for checkpoints (None: nothing learned)."""

@@ -19,7 +19,10 @@ Our definition of the method (DESIGN.md section 6), each part switchable for abl
   (the target on texture-rich samples is the pixel blend ``(1 - A) F + A P``), and ``--Rate_pfeat W``
   (*P's feature hints*: FitNet hints, a learned 1x1 adapter and MSE, from the student's declared
   feature points to P's, on texture-rich samples; with the cache P runs on those samples for its
-  features, without it its one pass on the batch serves both its output and its features).
+  features, without it its one pass on the batch serves both its output and its features), and
+  ``--Rate_adv W`` (an adversarial term, :mod:`.adversarial`: a discriminator learned from scratch
+  tells the student's outputs from P's (``--adv_real teacher``, the default with P) or from the
+  ground truth (``gt``) on the texture-rich samples; P's texture *distribution*, not its pixels).
 
 With ``--teacher_cache DIR`` each teacher's SR of every training image is computed once and cropped
 with the LR/HR patch (:mod:`Utils.objectives.teachers`), so a step costs about a plain step.
@@ -34,6 +37,7 @@ import numpy as np
 import torch
 
 from Utils import losses
+from Utils.objectives.adversarial import AdversarialTerm
 from Utils.objectives.base import Objective
 from Utils.objectives.fitnet import FitNetObjective
 from Utils.objectives.teachers import FrozenTeacher, attach_cached_outputs
@@ -102,12 +106,23 @@ class DTKDObjective(Objective):
             self.p_hints = FitNetObjective({**cfg, "t1_model_name": cfg["t2_model_name"], "t1_checkpoint":
                                             cfg["t2_checkpoint"], "Rate_l1": 0.0, "Rate_feat": 1.0}, device,
                                            teacher=self.t2)  # the same P: loaded once, run once per step
+        self.w_adv = float(cfg.get("Rate_adv", 0.0) or 0.0)
+        self.adv: Optional[AdversarialTerm] = None
+        self.adv_real = cfg.get("adv_real", "auto")
+        if self.adv_real == "auto":
+            self.adv_real = "teacher" if self.t2 is not None else "gt"
+        if self.w_adv > 0:
+            if self.adv_real == "teacher" and self.t2 is None:
+                raise ValueError("--adv_real teacher needs a perceptual teacher (--t2_checkpoint)")
+            self.adv = AdversarialTerm(cfg, device)
         names = ["l1", "kd"] + (["edge"] if self.w_edge > 0 else []) + (["lpts"] if self.w_pts > 0 else [])
         names += ["tex"] if self.w_tex > 0 else []
         names += ["pfeat"] if self.p_hints is not None else []
+        names += ["adv"] if self.adv is not None else []
         self.term_names = tuple(names + (["lbp"] if self.w_bp > 0 else []))
         # --loss_attn both: the KD term is error + trust attention; each part gets its own log column
-        self.stat_names = ("frac_perceptual",) + (("kd_err", "kd_trust") if self.attn == "both" else ())
+        self.stat_names = (("frac_perceptual",) + (("kd_err", "kd_trust") if self.attn == "both" else ())
+                           + (("d_loss",) if self.adv is not None else ()))
         self.use_cache = bool(cfg.get("teacher_cache"))
 
     def attach_student(self, model) -> None:
@@ -118,12 +133,27 @@ class DTKDObjective(Objective):
         return self.p_hints.trainable_parameters() if self.p_hints is not None else []
 
     def learned_state(self) -> Optional[dict]:
-        return self.p_hints.learned_state() if self.p_hints is not None else None
+        parts = {}
+        if self.p_hints is not None:
+            parts["p_hints"] = self.p_hints.learned_state()
+        if self.adv is not None:
+            parts["adv"] = self.adv.learned_state()
+        return parts or None
 
     def load_learned_state(self, state: dict) -> None:
-        if self.p_hints is None:
+        if self.p_hints is None and self.adv is None:
             super().load_learned_state(state)
-        self.p_hints.load_learned_state(state)
+        if self.p_hints is not None and "p_hints" not in state and self.adv is None:
+            state = {"p_hints": state}  # checkpoints from before the adversarial term: the hints' state alone
+        for key, part in (("p_hints", self.p_hints), ("adv", self.adv)):
+            if part is not None:
+                if key not in state:
+                    raise ValueError(f"the checkpoint's objective state has no {key!r} part (made with other flags?)")
+                part.load_learned_state(state[key])
+
+    def critic_step(self) -> None:
+        if self.adv is not None:
+            self.adv.critic_step()
 
     def teachers(self) -> list[FrozenTeacher]:
         return [t for t in (self.t1, self.t2) if t is not None]
@@ -190,6 +220,10 @@ class DTKDObjective(Objective):
         if self.p_hints is not None:
             # without the cache P ran on the whole batch above and its hooks hold the features
             terms["pfeat"] = self.w_pfeat * self.p_hints.feature_term(x, texture, teacher_ran="t2" not in batch)
+        if self.adv is not None:  # ours: D tells S from P's outputs (or from y) on the texture-rich samples
+            real = p if self.adv_real == "teacher" else y
+            g, stats["d_loss"] = self.adv.generator_loss(sr, real, sample_mask=texture)
+            terms["adv"] = self.w_adv * g
         if self.w_bp > 0:
             terms["lbp"] = self.w_bp * losses.backprojection_loss(sr, x, self.scale)
         return terms, stats

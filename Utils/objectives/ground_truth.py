@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from Utils.objectives.adversarial import AdversarialTerm
 from Utils.objectives.base import Objective
 
 
@@ -12,7 +13,8 @@ class GroundTruthObjective(Objective):
     ``Rate_lm`` * edge loss(SR, HR), ``Rate_lpts`` * VGG19 conv5_4 distance(SR, HR) and ``Rate_tex`` *
     texture-statistics distance(SR, HR) (weight-free, see ``losses.texture_loss``), with HR sharpened
     by an unsharp mask when ``gt_usm`` > 0 (Real-ESRGAN's sharpened targets); optionally
-    ``Rate_lbp`` * back-projection L1(imresize(SR, 1/scale), LR)."""
+    ``Rate_lbp`` * back-projection L1(imresize(SR, 1/scale), LR) and ``Rate_adv`` * the adversarial
+    term against a discriminator learned from scratch, HR being "real" (:mod:`.adversarial`)."""
 
     def __init__(self, cfg: dict, device: torch.device):
         super().__init__()
@@ -39,7 +41,27 @@ class GroundTruthObjective(Objective):
             names.append("tex")
         if self.w_bp > 0:
             names.append("lbp")
+        self.w_adv = float(cfg.get("Rate_adv", 0.0) or 0.0)
+        self.adv = None
+        if self.w_adv > 0:
+            if cfg.get("adv_real", "auto") == "teacher":
+                raise ValueError("--adv_real teacher needs a perceptual teacher (DTKD); on ground truth HR is real")
+            self.adv = AdversarialTerm(cfg, device)
+            names.append("adv")
         self.term_names = tuple(names)
+        self.stat_names = ("d_loss",) if self.adv is not None else ()
+
+    def critic_step(self) -> None:
+        if self.adv is not None:
+            self.adv.critic_step()
+
+    def learned_state(self):
+        return self.adv.learned_state() if self.adv is not None else None
+
+    def load_learned_state(self, state: dict) -> None:
+        if self.adv is None:
+            super().load_learned_state(state)
+        self.adv.load_learned_state(state)
 
     def forward(self, sr, batch):
         hr = batch["hr"]
@@ -54,5 +76,9 @@ class GroundTruthObjective(Objective):
             terms["tex"] = self.w_tex * self.losses.texture_loss(sr, hr, self.tex_kind, self.tex_window)
         if self.w_bp > 0:
             terms["lbp"] = self.w_bp * self.losses.backprojection_loss(sr, batch["lr"], self.scale)
-        return terms, {}
+        stats = {}
+        if self.adv is not None:  # the real ground truth, not the sharpened one
+            g, stats["d_loss"] = self.adv.generator_loss(sr, batch["hr"])
+            terms["adv"] = self.w_adv * g
+        return terms, stats
 

@@ -1,0 +1,221 @@
+"""The adversarial term (``--Rate_adv``): the relativistic losses by hand, the discriminator's shape,
+a gradient through the term alone, D learning in ``critic_step``, "real" = the perceptual teacher's
+outputs on routed samples only, exact resume (D and its optimizer included), DDP ranks in sync and
+bf16. Synthetic images and random-weight teachers: nothing needs ../shared/data.
+"""
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from Model import build_model
+
+from .test_kd_methods import _train_args, rfdn_teacher_ckpt, teacher_ckpt, tiny_hr  # noqa: F401
+
+
+def test_relativistic_losses_by_hand():
+    from Utils.objectives.adversarial import relativistic_losses
+
+    # equal logits: every relative logit is 0, both losses are log 2
+    g, d = relativistic_losses(torch.zeros(2, 1, 3, 3), torch.zeros(2, 1, 3, 3))
+    assert g.item() == pytest.approx(math.log(2)) and d.item() == pytest.approx(math.log(2))
+    # real +a, fake -a: relative logits +2a (real) and -2a (fake); D is right, the generator is not
+    a = 0.75
+    g, d = relativistic_losses(torch.full((1, 1, 2, 2), a), torch.full((1, 1, 2, 2), -a))
+    softplus = lambda t: math.log1p(math.exp(t))  # noqa: E731  BCE(z, 0) = softplus(z), BCE(z, 1) = softplus(-z)
+    assert g.item() == pytest.approx(softplus(2 * a))
+    assert d.item() == pytest.approx(softplus(-2 * a))
+    # mixed values, against the formula written out
+    r, f = torch.tensor([[1.0, -2.0]]), torch.tensor([[0.5, 3.0]])
+    rr, ff = r - f.mean(), f - r.mean()
+    g_hand = 0.5 * (F.softplus(rr).mean() + F.softplus(-ff).mean())
+    d_hand = 0.5 * (F.softplus(-rr).mean() + F.softplus(ff).mean())
+    g, d = relativistic_losses(r, f)
+    assert g.item() == pytest.approx(g_hand.item()) and d.item() == pytest.approx(d_hand.item())
+
+
+def test_patch_discriminator_gives_one_logit_per_8x8_patch():
+    from Utils.objectives.adversarial import PatchDiscriminator
+
+    disc = PatchDiscriminator(3, 8)
+    assert disc(torch.rand(2, 3, 96, 96)).shape == (2, 1, 12, 12)
+    assert disc(torch.rand(1, 3, 16, 24)).shape == (1, 1, 2, 3)
+    n_sn = sum(1 for name, _ in disc.named_parameters() if name.endswith("parametrizations.weight.original"))
+    assert n_sn == 4  # spectral norm on every convolution but the first and the last
+
+
+def _gt_cfg(**kw) -> dict:
+    cfg = {"model_name": "RFDN", "scale": 4, "kd_method": "gt", "Rate_l1": 0.0, "Rate_adv": 1.0, "adv_channels": 8,
+           "adv_lr": 1e-3}
+    cfg.update(kw)
+    return cfg
+
+
+def test_adversarial_term_alone_changes_the_network_and_d_learns(one_thread):
+    from Utils.objectives import build_objective
+
+    torch.manual_seed(0)
+    student = build_model("RFDN", 4).train()
+    obj = build_objective(_gt_cfg(), torch.device("cpu"))
+    assert obj.term_names == ("l1", "adv") and obj.stat_names == ("d_loss",)
+    assert obj.trainable_parameters() == []  # D has its own optimizer, not the student's
+    opt = torch.optim.Adam(student.parameters(), lr=1e-3)
+    x, y = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 64, 64)
+    before = student.B1.c1_r.weight.detach().clone()
+    d_before = {k: v.clone() for k, v in obj.adv.disc.state_dict().items()}
+    terms, stats = obj(student(x), {"lr": x, "hr": y})
+    assert terms["l1"].item() == 0 and terms["adv"].item() > 0 and stats["d_loss"].item() > 0
+    sum(terms.values()).backward()
+    assert all(p.grad is None for p in obj.adv.disc.parameters())  # D is frozen on the generator's side
+    opt.step()
+    assert not torch.equal(before, student.B1.c1_r.weight)
+    obj.critic_step()
+    changed = [k for k, v in obj.adv.disc.state_dict().items() if not torch.equal(v, d_before[k])]
+    assert any(k.endswith("original") for k in changed) and any(k.endswith("_u") for k in changed)
+    # D alone (student fixed) learns to tell smooth "fakes" from noisy "reals": its loss falls
+    smooth, noisy = torch.full((4, 3, 32, 32), 0.5), torch.rand(4, 3, 32, 32)
+    first = None
+    for _ in range(30):
+        _, d = obj.adv.generator_loss(smooth, noisy)
+        first = d.item() if first is None else first
+        obj.adv.critic_step()
+    _, d = obj.adv.generator_loss(smooth, noisy)
+    assert d.item() < 0.5 * first
+
+
+def test_dtkd_adversarial_term_judges_against_p_on_routed_samples_only(teacher_ckpt, rfdn_teacher_ckpt, one_thread):
+    from Utils.objectives import build_objective
+
+    cfg = {"model_name": "RFDN", "scale": 4, "kd_method": "dtkd", "t1_model_name": "IMDN", "t1_checkpoint": teacher_ckpt,
+           "t2_model_name": "RFDN", "t2_checkpoint": rfdn_teacher_ckpt, "entropy_gate": "0", "loss_attn": "none",
+           "Rate_l1": 0.0, "Rate_kd": 0.0, "Rate_adv": 1.0, "adv_channels": 8}
+    obj = build_objective(cfg, torch.device("cpu"))
+    assert obj.adv_real == "teacher" and obj.term_names == ("l1", "kd", "adv")
+    x, y = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        p = obj.t2(x)
+    # the student's output is P's output: real and fake are the same images, so G's and D's losses are equal
+    sr = p.clone().requires_grad_(True)
+    terms, stats = obj(sr, {"lr": x, "hr": y, "t2": p})
+    assert terms["adv"].item() == pytest.approx(stats["d_loss"].item(), rel=1e-6)
+    # ... and against the ground truth (--adv_real gt) they are not
+    obj_gt = build_objective({**cfg, "adv_real": "gt"}, torch.device("cpu"))
+    obj_gt.adv.disc.load_state_dict(obj.adv.disc.state_dict())
+    terms, stats = obj_gt(sr, {"lr": x, "hr": y, "t2": p})
+    assert terms["adv"].item() != pytest.approx(stats["d_loss"].item(), rel=1e-3)
+    # nothing routed to P: the term is an exact zero, with a gradient path, and D does not move
+    obj.router.gate = 8.0
+    d_before = {k: v.clone() for k, v in obj.adv.disc.state_dict().items()}
+    sr = torch.rand(2, 3, 64, 64, requires_grad=True)
+    terms, stats = obj(sr, {"lr": x, "hr": y, "t2": p})
+    assert terms["adv"].item() == 0.0 and terms["adv"].requires_grad
+    obj.critic_step()
+    assert all(torch.equal(v, d_before[k]) for k, v in obj.adv.disc.state_dict().items())
+    # one sample routed: D sees that sample alone
+    obj.router.gate = 0.0
+    obj.router.route = lambda hr: torch.tensor([True, False])
+    seen = []
+    hook = obj.adv.disc.register_forward_pre_hook(lambda m, a: seen.append(a[0].shape[0]))
+    obj(sr, {"lr": x, "hr": y, "t2": p})
+    hook.remove()
+    assert seen == [2]  # one pass on (real, fake) of the routed sample
+
+
+def test_bad_adversarial_flags_are_clear_errors(teacher_ckpt):
+    from Utils.objectives import build_objective
+
+    with pytest.raises(ValueError, match="--adv_real teacher needs a perceptual teacher"):
+        build_objective(_gt_cfg(adv_real="teacher"), torch.device("cpu"))
+    with pytest.raises(ValueError, match="--adv_channels must be >= 1"):
+        build_objective(_gt_cfg(adv_channels=0), torch.device("cpu"))
+    cfg = {"model_name": "RFDN", "scale": 4, "kd_method": "dtkd", "t1_model_name": "IMDN", "t1_checkpoint": teacher_ckpt,
+           "t2_checkpoint": "", "Rate_adv": 1.0, "adv_real": "teacher"}
+    with pytest.raises(ValueError, match="--adv_real teacher needs a perceptual teacher"):
+        build_objective(cfg, torch.device("cpu"))
+
+
+ADV = ("--Rate_adv", "0.1", "--adv_channels", "8")
+
+
+def test_adversarial_training_resumes_exactly_discriminator_included(tmp_path, tiny_hr, teacher_ckpt, one_thread):
+    import main
+
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert main.main(_train_args(straight, tiny_hr, teacher_ckpt, 3, *ADV)) == 0
+    assert main.main(_train_args(split, tiny_hr, teacher_ckpt, 1, *ADV)) == 0
+    at1 = torch.load(split / "run" / "checkpoints" / "latest.pth", weights_only=False)
+    assert main.main(_train_args(split, tiny_hr, teacher_ckpt, 3, *ADV, "--auto_resume")) == 0
+    a = torch.load(straight / "run" / "checkpoints" / "latest.pth", weights_only=False)
+    b = torch.load(split / "run" / "checkpoints" / "latest.pth", weights_only=False)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    da, db = a["objective"]["disc"], b["objective"]["disc"]
+    for k in da:
+        assert torch.equal(da[k], db[k]), k
+    assert any(not torch.equal(da[k], at1["objective"]["disc"][k]) for k in da), "D did not train"
+    assert a["objective"]["opt"]["state"]  # D's Adam moments are saved
+    with open(straight / "run" / "log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0])[:6] == ["iter", "lr", "l1", "adv", "total", "nonfinite"] and "d_loss" in rows[0]
+    strip = lambda rows: [",".join(r.split(",")[:8]) for r in rows]  # noqa: E731  (timing columns differ)
+    assert strip((straight / "run" / "log.csv").read_text().splitlines()) == \
+        strip((split / "run" / "log.csv").read_text().splitlines())
+
+
+def test_dtkd_adversarial_with_feature_hints_resumes_exactly(tmp_path, tiny_hr, teacher_ckpt, rfdn_teacher_ckpt,
+                                                             one_thread):
+    import main
+
+    extra = ("--train_by_TT", "True", "--t2_model_name", "RFDN", "--t2_checkpoint", rfdn_teacher_ckpt,
+             "--Rate_pfeat", "1", "--entropy_gate", "auto", *ADV)
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert main.main(_train_args(straight, tiny_hr, teacher_ckpt, 2, *extra)) == 0
+    assert main.main(_train_args(split, tiny_hr, teacher_ckpt, 1, *extra)) == 0
+    assert main.main(_train_args(split, tiny_hr, teacher_ckpt, 2, *extra, "--auto_resume")) == 0
+    a = torch.load(straight / "run" / "checkpoints" / "latest.pth", weights_only=False)
+    b = torch.load(split / "run" / "checkpoints" / "latest.pth", weights_only=False)
+    assert set(a["objective"]) == {"p_hints", "adv"}
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for k, v in a["objective"]["adv"]["disc"].items():
+        assert torch.equal(v, b["objective"]["adv"]["disc"][k]), k
+
+
+def test_feature_hint_state_from_before_the_adversarial_term_still_loads(teacher_ckpt, rfdn_teacher_ckpt):
+    from Utils.objectives import build_objective
+
+    cfg = {"model_name": "RFDN", "scale": 4, "kd_method": "dtkd", "t1_model_name": "IMDN", "t1_checkpoint": teacher_ckpt,
+           "t2_model_name": "RFDN", "t2_checkpoint": rfdn_teacher_ckpt, "Rate_pfeat": 1.0}
+    obj = build_objective(cfg, torch.device("cpu"))
+    obj.attach_student(build_model("RFDN", 4))
+    old = {"adapters": {k: torch.full_like(v, 0.5) for k, v in obj.p_hints.learned_state()["adapters"].items()}}
+    obj.load_learned_state(old)  # the hints' state alone, as such checkpoints hold it
+    assert all(torch.equal(v, old["adapters"][k]) for k, v in obj.learned_state()["p_hints"]["adapters"].items())
+    adv = build_objective({**cfg, "Rate_adv": 1.0, "adv_channels": 8}, torch.device("cpu"))
+    adv.attach_student(build_model("RFDN", 4))
+    with pytest.raises(ValueError, match="no 'p_hints' part"):
+        adv.load_learned_state(old)
+
+
+def test_torchrun_adversarial_keeps_ranks_in_sync(tmp_path, tiny_hr, teacher_ckpt):
+    """D is outside DDP: its gradients are averaged by hand and its power iteration advances once per
+    step on every rank, so the checksum (which covers D and its optimizer) agrees."""
+    from .test_trainer import _env, _explain, _free_port, _run_main
+
+    launcher = ("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                "--master_port", str(_free_port()))
+    proc = _run_main(_train_args(tmp_path, tiny_hr, teacher_ckpt, 2, *ADV, "--cpu"), launcher=launcher, env=_env())
+    assert proc.returncode == 0 and "ranks in sync:" in proc.stdout + proc.stderr, _explain(proc)
+
+
+def test_adversarial_training_under_bf16(tmp_path, tiny_hr, teacher_ckpt, one_thread):
+    import main
+
+    assert main.main(_train_args(tmp_path, tiny_hr, teacher_ckpt, 2, *ADV, "--amp", "bf16", "--cpu")) == 0
+    with open(tmp_path / "run" / "log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert all(math.isfinite(float(r["adv"])) and math.isfinite(float(r["d_loss"])) for r in rows)
