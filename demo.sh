@@ -4,7 +4,7 @@
 #   bash demo.sh          quick demo on embedded data (scikit-image photos), CPU, no download, minutes:
 #                         trains a small fidelity teacher (IMDN) and a small EdgeSRN (two stages: L1, then
 #                         L1 + edge + texture statistics), an RFDN baseline on ground truth and an RFDN
-#                         student with DTKD (texture-statistics transfer from the perceptual teacher),
+#                         student with DTKD (adversarial transfer from the perceptual teacher),
 #                         evaluates all of them, prints the comparison table, the perception-distortion
 #                         plot and the verdict: is the teacher perceptual, is the student sharper than the
 #                         baseline at (nearly) the same PSNR?
@@ -68,11 +68,13 @@ if [ "$MODE" = "quick" ]; then
   $PY main.py --model_name RFDN --name demo_rfdn_gt --iters "$ITERS" --test_every "$EVERY" --lr 1e-3 \
     "${TRAIN[@]}" "${COMMON[@]}"
 
-  step "DTKD student: RFDN with IMDN + EdgeSRN, entropy routing, error+trust attention, texture transfer ($ITERS iterations)"
+  step "DTKD student: RFDN with IMDN + EdgeSRN, entropy routing, error+trust attention, adversarial transfer ($ITERS iterations)"
+  # F's pixels for every sample; on texture-rich ones a discriminator learned from scratch tells the student
+  # from P (--Rate_adv, README "DTKD: the method"; the fine-tuning study's arm dtkd_adv)
   $PY main.py --model_name RFDN --name demo_rfdn_dtkd --iters "$ITERS" --test_every "$EVERY" --lr 1e-3 \
     --train_by_TT True --t1_model_name IMDN --t1_checkpoint "$T1" --t2_model_name "$T2_MODEL" --t2_checkpoint "$T2" \
     --entropy_gate auto --loss_attn both --Rate_l1 1 --Rate_kd 1 --Rate_lpts 0 \
-    --t2_pixel_kd False --Rate_tex "${DTKD_DEMO_STUDENT_TEX:-10}" "${TEX[@]}" \
+    --t2_pixel_kd False --Rate_adv "${DTKD_DEMO_STUDENT_ADV:-0.03}" --adv_channels 32 \
     --teacher_cache "$EXP/teacher_cache" "${TRAIN[@]}" "${COMMON[@]}"
 
   step "evaluation on the demo test set"

@@ -6,7 +6,9 @@ patches (the first ``--images`` T91 images, LR by MATLAB bicubic, the training l
 every step. Methods: ``plain`` (ground truth), ``output`` (teacher on the fly), ``output_cache``
 (its output delivered in the batch as ``--teacher_cache`` does), ``fakd``, ``fitnet``, ``at``
 (teacher on the fly, feature hooks), ``dtkd`` (IMDN fidelity teacher only, ``--t2_checkpoint ''``,
-attention KD, on the fly) and ``dukd`` (output KD on the fly plus the zoom-in / zoom-out passes). Steps run interleaved, the order rotated every round; medians reported
+attention KD, on the fly), ``dukd`` (output KD on the fly plus the zoom-in / zoom-out passes) and
+``adv`` (ground truth plus the adversarial term, ``--Rate_adv 0.03 --adv_channels 32``: the
+discriminator's passes and its own step, as the ``dtkd_adv`` study arm adds them). Steps run interleaved, the order rotated every round; medians reported
 (see bench/common.py)::
 
     python bench/bench_kd_step.py                       # CPU: batch 16, HR patch 192 (LR 48)
@@ -39,6 +41,7 @@ METHODS = {
     "at": ["--kd_method", "at"],
     "dtkd": ["--kd_method", "dtkd", "--t2_checkpoint", "", "--loss_attn", "both"],
     "dukd": ["--kd_method", "dukd"],
+    "adv": ["--Rate_adv", "0.03", "--adv_channels", "32"],
 }
 
 

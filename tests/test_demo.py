@@ -17,7 +17,7 @@ def test_demo_script_end_to_end(tmp_path):
     # 12 iterations test the pipeline, not the models. At that length the teacher's stage 2 (6 steps) is
     # dominated by its texture term (weight 30 against an L1 of ~0.2 on an untrained network) and its
     # colours drift (13.9 dB): the smoke test runs stage 2 without the texture term, which the unit tests
-    # and the student's stage (texture transfer on) cover.
+    # cover.
     env = {**os.environ, "DTKD_DEMO_OUT": str(out), "DTKD_DEMO_ITERS": "12", "PYTHON": sys.executable,
            "OMP_NUM_THREADS": "1",  # robust when the machine is shared
            "DTKD_DEMO_TEACHER_TEX": "0"}
@@ -35,6 +35,7 @@ def test_demo_script_end_to_end(tmp_path):
         with Image.open(out / "perception_distortion.png") as im:
             assert im.format == "PNG" and im.size[0] > 400
     log = (out / "experiments" / "demo_rfdn_dtkd" / "log.csv").read_text().splitlines()
-    assert log[0].startswith("iter,lr,l1,kd,tex,total,nonfinite,frac_perceptual,kd_err,kd_trust") and len(log) == 13
+    assert log[0].startswith("iter,lr,l1,kd,adv,total,nonfinite,frac_perceptual,kd_err,kd_trust,d_loss") \
+        and len(log) == 13
     verdict = [line for line in proc.stdout.splitlines() if line.startswith(("PASS  ", "FAIL  "))]
     assert len(verdict) == 2 and "perceptual teacher demo_edgesrn_edge.pth" in verdict[0], proc.stdout[-2000:]
