@@ -15,7 +15,8 @@ module                    ``--kd_method``  method
 ``dukd.py``               ``dukd``     DUKD: teacher-labelled zoom-in/out samples (Zhang et al., 2023)
 ========================  ===========  ====================================================
 
-``features.py`` holds what the feature methods share: the declared feature points per preset, the
+``adversarial.py`` holds the adversarial term (``--Rate_adv``: a discriminator learned from scratch)
+that the ground-truth and DTKD objectives add. ``features.py`` holds what the feature methods share: the declared feature points per preset, the
 forward hooks that collect them, the frozen teacher run on the fly. Adding a method is one new module
 and one line in :data:`OBJECTIVES`.
 """
