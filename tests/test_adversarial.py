@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 from Model import build_model
 
-from .test_kd_methods import _train_args, rfdn_teacher_ckpt, teacher_ckpt, tiny_hr  # noqa: F401
+from .test_kd_methods import (_train_args, rfdn_teacher_ckpt, straight_and_split, teacher_ckpt,  # noqa: F401
+                               tiny_hr)
 
 
 def test_relativistic_losses_by_hand():
@@ -168,16 +169,9 @@ def test_adversarial_training_resumes_exactly_discriminator_included(tmp_path, t
 
 def test_dtkd_adversarial_with_feature_hints_resumes_exactly(tmp_path, tiny_hr, teacher_ckpt, rfdn_teacher_ckpt,
                                                              one_thread):
-    import main
-
     extra = ("--train_by_TT", "True", "--t2_model_name", "RFDN", "--t2_checkpoint", rfdn_teacher_ckpt,
              "--Rate_pfeat", "1", "--entropy_gate", "auto", *ADV)
-    straight, split = tmp_path / "straight", tmp_path / "split"
-    assert main.main(_train_args(straight, tiny_hr, teacher_ckpt, 2, *extra)) == 0
-    assert main.main(_train_args(split, tiny_hr, teacher_ckpt, 1, *extra)) == 0
-    assert main.main(_train_args(split, tiny_hr, teacher_ckpt, 2, *extra, "--auto_resume")) == 0
-    a = torch.load(straight / "run" / "checkpoints" / "latest.pth", weights_only=False)
-    b = torch.load(split / "run" / "checkpoints" / "latest.pth", weights_only=False)
+    a, b = straight_and_split(tmp_path, tiny_hr, teacher_ckpt, 2, 1, *extra)
     assert set(a["objective"]) == {"p_hints", "adv"}
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k

@@ -208,6 +208,17 @@ def _train_args(root: Path, hr: Path, teacher: str, iters: int, *extra: str) -> 
             "--scheduler", "constant", "--quiet", "--t1_model_name", "IMDN", "--t1_checkpoint", teacher, *extra]
 
 
+def straight_and_split(root: Path, hr: Path, teacher: str, iters: int, split_at: int, *extra: str) -> tuple[dict, dict]:
+    """The last checkpoints of a run straight to ``iters`` and of one stopped at ``split_at`` and resumed."""
+    import main
+
+    straight, split = root / "straight", root / "split"
+    assert main.main(_train_args(straight, hr, teacher, iters, *extra)) == 0
+    assert main.main(_train_args(split, hr, teacher, split_at, *extra)) == 0
+    assert main.main(_train_args(split, hr, teacher, iters, *extra, "--auto_resume")) == 0
+    return tuple(torch.load(d / "run" / "checkpoints" / "latest.pth", weights_only=False) for d in (straight, split))
+
+
 def test_fitnet_resume_is_exact_and_adapters_train(tmp_path, tiny_hr, teacher_ckpt, one_thread):
     import main
 
@@ -361,14 +372,8 @@ _randint = torch.randint
 
 
 def test_dukd_trains_and_resumes_exactly(tmp_path, tiny_hr, teacher_ckpt, one_thread):
-    import main
-
     straight, split = tmp_path / "straight", tmp_path / "split"
-    assert main.main(_train_args(straight, tiny_hr, teacher_ckpt, 3, "--kd_method", "dukd")) == 0
-    assert main.main(_train_args(split, tiny_hr, teacher_ckpt, 1, "--kd_method", "dukd")) == 0
-    assert main.main(_train_args(split, tiny_hr, teacher_ckpt, 3, "--kd_method", "dukd", "--auto_resume")) == 0
-    a = torch.load(straight / "run" / "checkpoints" / "latest.pth", weights_only=False)
-    b = torch.load(split / "run" / "checkpoints" / "latest.pth", weights_only=False)
+    a, b = straight_and_split(tmp_path, tiny_hr, teacher_ckpt, 3, 1, "--kd_method", "dukd")
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     log_a = (straight / "run" / "log.csv").read_text().splitlines()
@@ -501,20 +506,13 @@ def test_dtkd_perceptual_feature_hints_alone_change_the_student_only_on_routed_s
 
 
 def test_dtkd_with_feature_hints_resumes_exactly(tmp_path, tiny_hr, teacher_ckpt, rfdn_teacher_ckpt, one_thread):
-    import main
-
     extra = ("--train_by_TT", "True", "--t2_model_name", "RFDN", "--t2_checkpoint", rfdn_teacher_ckpt,
              "--Rate_pfeat", "1", "--entropy_gate", "auto")
-    straight, split = tmp_path / "straight", tmp_path / "split"
-    assert main.main(_train_args(straight, tiny_hr, teacher_ckpt, 3, *extra)) == 0
-    assert main.main(_train_args(split, tiny_hr, teacher_ckpt, 1, *extra)) == 0
-    assert main.main(_train_args(split, tiny_hr, teacher_ckpt, 3, *extra, "--auto_resume")) == 0
-    a = torch.load(straight / "run" / "checkpoints" / "latest.pth", weights_only=False)
-    b = torch.load(split / "run" / "checkpoints" / "latest.pth", weights_only=False)
+    a, b = straight_and_split(tmp_path, tiny_hr, teacher_ckpt, 3, 1, *extra)
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     ad_a, ad_b = a["objective"]["p_hints"]["adapters"], b["objective"]["p_hints"]["adapters"]
     for k in ad_a:
         assert torch.equal(ad_a[k], ad_b[k]), k
-    header = (straight / "run" / "log.csv").read_text().splitlines()[0].split(",")
+    header = (tmp_path / "straight" / "run" / "log.csv").read_text().splitlines()[0].split(",")
     assert header[:5] == ["iter", "lr", "l1", "kd", "pfeat"]
