@@ -67,6 +67,21 @@ def relativistic_losses(real_logits: torch.Tensor, fake_logits: torch.Tensor) ->
     return g, d
 
 
+def build_adversarial(cfg: dict, device: torch.device, has_teacher: bool) -> tuple[Optional["AdversarialTerm"], float, str]:
+    """``(term or None, --Rate_adv, what is real)`` for an objective; ``has_teacher``: a perceptual
+    teacher exists (DTKD with P), so ``--adv_real auto`` means its outputs, else the ground truth."""
+    weight = float(cfg.get("Rate_adv", 0.0) or 0.0)
+    real = cfg.get("adv_real", "auto")
+    if real == "auto":
+        real = "teacher" if has_teacher else "gt"
+    if weight <= 0:
+        return None, weight, real
+    if real == "teacher" and not has_teacher:
+        raise ValueError("--adv_real teacher needs a perceptual teacher (DTKD's --t2_checkpoint); "
+                         "without one the ground truth is real")
+    return AdversarialTerm(cfg, device), weight, real
+
+
 class AdversarialTerm(nn.Module):
     """D, its optimizer and both sides of the relativistic GAN (see the module docstring)."""
 

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from Utils import losses
-from Utils.objectives.adversarial import AdversarialTerm
+from Utils.objectives.adversarial import AdversarialTerm, build_adversarial
 from Utils.objectives.base import Objective
 from Utils.objectives.fitnet import FitNetObjective
 from Utils.objectives.teachers import FrozenTeacher, attach_cached_outputs
@@ -106,15 +106,8 @@ class DTKDObjective(Objective):
             self.p_hints = FitNetObjective({**cfg, "t1_model_name": cfg["t2_model_name"], "t1_checkpoint":
                                             cfg["t2_checkpoint"], "Rate_l1": 0.0, "Rate_feat": 1.0}, device,
                                            teacher=self.t2)  # the same P: loaded once, run once per step
-        self.w_adv = float(cfg.get("Rate_adv", 0.0) or 0.0)
-        self.adv: Optional[AdversarialTerm] = None
-        self.adv_real = cfg.get("adv_real", "auto")
-        if self.adv_real == "auto":
-            self.adv_real = "teacher" if self.t2 is not None else "gt"
-        if self.w_adv > 0:
-            if self.adv_real == "teacher" and self.t2 is None:
-                raise ValueError("--adv_real teacher needs a perceptual teacher (--t2_checkpoint)")
-            self.adv = AdversarialTerm(cfg, device)
+        self.adv: Optional[AdversarialTerm]
+        self.adv, self.w_adv, self.adv_real = build_adversarial(cfg, device, has_teacher=self.t2 is not None)
         names = ["l1", "kd"] + (["edge"] if self.w_edge > 0 else []) + (["lpts"] if self.w_pts > 0 else [])
         names += ["tex"] if self.w_tex > 0 else []
         names += ["pfeat"] if self.p_hints is not None else []

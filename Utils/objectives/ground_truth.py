@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from Utils.objectives.adversarial import AdversarialTerm
+from Utils.objectives.adversarial import build_adversarial
 from Utils.objectives.base import Objective
 
 
@@ -41,12 +41,8 @@ class GroundTruthObjective(Objective):
             names.append("tex")
         if self.w_bp > 0:
             names.append("lbp")
-        self.w_adv = float(cfg.get("Rate_adv", 0.0) or 0.0)
-        self.adv = None
-        if self.w_adv > 0:
-            if cfg.get("adv_real", "auto") == "teacher":
-                raise ValueError("--adv_real teacher needs a perceptual teacher (DTKD); on ground truth HR is real")
-            self.adv = AdversarialTerm(cfg, device)
+        self.adv, self.w_adv, _ = build_adversarial(cfg, device, has_teacher=False)  # HR is real
+        if self.adv is not None:
             names.append("adv")
         self.term_names = tuple(names)
         self.stat_names = ("d_loss",) if self.adv is not None else ()
