@@ -143,15 +143,8 @@ ADV = ("--Rate_adv", "0.1", "--adv_channels", "8")
 
 
 def test_adversarial_training_resumes_exactly_discriminator_included(tmp_path, tiny_hr, teacher_ckpt, one_thread):
-    import main
-
     straight, split = tmp_path / "straight", tmp_path / "split"
-    assert main.main(_train_args(straight, tiny_hr, teacher_ckpt, 3, *ADV)) == 0
-    assert main.main(_train_args(split, tiny_hr, teacher_ckpt, 1, *ADV)) == 0
-    at1 = torch.load(split / "run" / "checkpoints" / "latest.pth", weights_only=False)
-    assert main.main(_train_args(split, tiny_hr, teacher_ckpt, 3, *ADV, "--auto_resume")) == 0
-    a = torch.load(straight / "run" / "checkpoints" / "latest.pth", weights_only=False)
-    b = torch.load(split / "run" / "checkpoints" / "latest.pth", weights_only=False)
+    a, b, at1 = straight_and_split(tmp_path, tiny_hr, teacher_ckpt, 3, 1, *ADV)
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     da, db = a["objective"]["disc"], b["objective"]["disc"]
@@ -171,7 +164,7 @@ def test_dtkd_adversarial_with_feature_hints_resumes_exactly(tmp_path, tiny_hr, 
                                                              one_thread):
     extra = ("--train_by_TT", "True", "--t2_model_name", "RFDN", "--t2_checkpoint", rfdn_teacher_ckpt,
              "--Rate_pfeat", "1", "--entropy_gate", "auto", *ADV)
-    a, b = straight_and_split(tmp_path, tiny_hr, teacher_ckpt, 2, 1, *extra)
+    a, b, _ = straight_and_split(tmp_path, tiny_hr, teacher_ckpt, 2, 1, *extra)
     assert set(a["objective"]) == {"p_hints", "adv"}
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k

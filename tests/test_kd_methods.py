@@ -208,27 +208,24 @@ def _train_args(root: Path, hr: Path, teacher: str, iters: int, *extra: str) -> 
             "--scheduler", "constant", "--quiet", "--t1_model_name", "IMDN", "--t1_checkpoint", teacher, *extra]
 
 
-def straight_and_split(root: Path, hr: Path, teacher: str, iters: int, split_at: int, *extra: str) -> tuple[dict, dict]:
-    """The last checkpoints of a run straight to ``iters`` and of one stopped at ``split_at`` and resumed."""
+def straight_and_split(root: Path, hr: Path, teacher: str, iters: int, split_at: int,
+                       *extra: str) -> tuple[dict, dict, dict]:
+    """The last checkpoints of a run straight to ``iters`` and of one stopped at ``split_at`` and resumed,
+    and the latter's checkpoint at the stop (under ``root / "straight"`` and ``root / "split"``)."""
     import main
 
     straight, split = root / "straight", root / "split"
+    latest = lambda d: torch.load(d / "run" / "checkpoints" / "latest.pth", weights_only=False)  # noqa: E731
     assert main.main(_train_args(straight, hr, teacher, iters, *extra)) == 0
     assert main.main(_train_args(split, hr, teacher, split_at, *extra)) == 0
+    at_stop = latest(split)
     assert main.main(_train_args(split, hr, teacher, iters, *extra, "--auto_resume")) == 0
-    return tuple(torch.load(d / "run" / "checkpoints" / "latest.pth", weights_only=False) for d in (straight, split))
+    return latest(straight), latest(split), at_stop
 
 
 def test_fitnet_resume_is_exact_and_adapters_train(tmp_path, tiny_hr, teacher_ckpt, one_thread):
-    import main
-
     straight, split = tmp_path / "straight", tmp_path / "split"
-    assert main.main(_train_args(straight, tiny_hr, teacher_ckpt, 4, "--kd_method", "fitnet")) == 0
-    assert main.main(_train_args(split, tiny_hr, teacher_ckpt, 2, "--kd_method", "fitnet")) == 0
-    at2 = torch.load(split / "run" / "checkpoints" / "latest.pth", weights_only=False)
-    assert main.main(_train_args(split, tiny_hr, teacher_ckpt, 4, "--kd_method", "fitnet", "--auto_resume")) == 0
-    a = torch.load(straight / "run" / "checkpoints" / "latest.pth", weights_only=False)
-    b = torch.load(split / "run" / "checkpoints" / "latest.pth", weights_only=False)
+    a, b, at2 = straight_and_split(tmp_path, tiny_hr, teacher_ckpt, 4, 2, "--kd_method", "fitnet")
     assert a["iteration"] == b["iteration"] == 4
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
@@ -373,7 +370,7 @@ _randint = torch.randint
 
 def test_dukd_trains_and_resumes_exactly(tmp_path, tiny_hr, teacher_ckpt, one_thread):
     straight, split = tmp_path / "straight", tmp_path / "split"
-    a, b = straight_and_split(tmp_path, tiny_hr, teacher_ckpt, 3, 1, "--kd_method", "dukd")
+    a, b, _ = straight_and_split(tmp_path, tiny_hr, teacher_ckpt, 3, 1, "--kd_method", "dukd")
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     log_a = (straight / "run" / "log.csv").read_text().splitlines()
@@ -508,7 +505,7 @@ def test_dtkd_perceptual_feature_hints_alone_change_the_student_only_on_routed_s
 def test_dtkd_with_feature_hints_resumes_exactly(tmp_path, tiny_hr, teacher_ckpt, rfdn_teacher_ckpt, one_thread):
     extra = ("--train_by_TT", "True", "--t2_model_name", "RFDN", "--t2_checkpoint", rfdn_teacher_ckpt,
              "--Rate_pfeat", "1", "--entropy_gate", "auto")
-    a, b = straight_and_split(tmp_path, tiny_hr, teacher_ckpt, 3, 1, *extra)
+    a, b, _ = straight_and_split(tmp_path, tiny_hr, teacher_ckpt, 3, 1, *extra)
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     ad_a, ad_b = a["objective"]["p_hints"]["adapters"], b["objective"]["p_hints"]["adapters"]
