@@ -308,6 +308,7 @@ class Trainer:
         state = torch.load(path, map_location="cpu", weights_only=False)
         if state.get("model_name") != self.preset.name:
             raise TrainingError(f"{path}: checkpoint of {state.get('model_name')}, not {self.preset.name}")
+        self._check_schedule_unchanged(path, state.get("config") or {})
         unwrap_model(self.model).load_state_dict(state["model"], strict=True)
         if self.ema:  # a run that had no EMA yet starts its EMA from the resumed weights, not from the init
             self.ema.module.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"],
@@ -330,6 +331,19 @@ class Trainer:
             log.warning("--iters changed from %d to %d on resume: the learning-rate schedule keeps the "
                         "checkpoint's state (a cosine schedule still ends at %d)", old_iters, self.cfg["iters"],
                         old_iters)
+
+    def _check_schedule_unchanged(self, path: Path, old: dict) -> None:
+        """Resuming restores the optimizer's and the scheduler's state, so schedule flags that differ from
+        the checkpoint's would be silently ignored (a milestone already passed never fires): refuse."""
+        kind = self.cfg["scheduler"]
+        keys = ["scheduler", "lr"] + {"step": ["lr_step", "gamma"], "multistep": ["milestones", "gamma"],
+                                      "cosine": ["eta_min"]}.get(kind, [])
+        changed = [f"--{k} {self.cfg.get(k)} (checkpoint: {old[k]})" for k in keys
+                   if k in old and old[k] != self.cfg.get(k)]
+        if changed:
+            raise TrainingError(f"{path}: resuming keeps the checkpoint's learning-rate schedule, so "
+                                f"{'; '.join(changed)} would be ignored; resume with the checkpoint's values, or "
+                                f"start a new run from its weights (--checkpoint, another --name)")
 
     def _find_resume(self) -> Optional[Path]:
         cfg = self.cfg

@@ -447,6 +447,28 @@ def test_ema_switched_on_at_resume_starts_from_the_resumed_weights(tmp_path, dat
         assert torch.allclose(ema[k], m2[k] + 0.1 * (m3[k] - m2[k]), atol=1e-6), k
 
 
+def test_resume_with_another_schedule_is_refused_before_touching_the_run(tmp_path, data, one_thread, caplog):
+    import main
+
+    sched = ("--quiet", "--scheduler", "multistep", "--gamma", "0.1")
+    assert main.main(_train_args(tmp_path, "run", iters=2, valid=False, extra=(*sched, "--milestones", "3"))) == 0
+    ckpt = tmp_path / "run" / "checkpoints" / "latest.pth"
+    before = ckpt.read_bytes(), (tmp_path / "run" / "log.csv").read_text()
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):  # milestone 2 is already counted: it would never fire
+        rc = main.main(_train_args(tmp_path, "run", iters=4, valid=False,
+                                   extra=(*sched, "--milestones", "2", "--auto_resume", "--lr", "1e-4")))
+    assert rc == 1
+    assert "--milestones [2] (checkpoint: [3])" in caplog.text and "--lr 0.0001 (checkpoint: 0.0005)" in caplog.text, \
+        caplog.text
+    assert (ckpt.read_bytes(), (tmp_path / "run" / "log.csv").read_text()) == before
+    # the same schedule with a longer --iters resumes, and the checkpoint's milestone fires
+    assert main.main(_train_args(tmp_path, "run", iters=4, valid=False,
+                                 extra=(*sched, "--milestones", "3", "--auto_resume"))) == 0
+    # log.csv's lr is the one after that iteration's scheduler step: milestone 3 shows from row 3 on
+    assert [float(r["lr"]) for r in _rows(tmp_path / "run")] == pytest.approx([5e-4, 5e-4, 5e-5, 5e-5])
+
+
 def test_config_yaml_sets_defaults_and_rejects_unknown_keys(tmp_path, capsys):
     import yaml
 
