@@ -308,7 +308,7 @@ class Trainer:
         state = torch.load(path, map_location="cpu", weights_only=False)
         if state.get("model_name") != self.preset.name:
             raise TrainingError(f"{path}: checkpoint of {state.get('model_name')}, not {self.preset.name}")
-        self._check_schedule_unchanged(path, state.get("config") or {})
+        self._check_schedule(path, state.get("config") or {})
         unwrap_model(self.model).load_state_dict(state["model"], strict=True)
         if self.ema:  # a run that had no EMA yet starts its EMA from the resumed weights, not from the init
             self.ema.module.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"],
@@ -326,15 +326,16 @@ class Trainer:
         self.best_psnr = float(state["best_psnr"])
         self.nonfinite_total = int(state.get("nonfinite_total", 0))
         log.info("resumed from %s at iteration %d (lr %.3g)", path, self.iteration, self.optimizer.param_groups[0]["lr"])
-        old_iters = (state.get("config") or {}).get("iters")
+
+    def _check_schedule(self, path: Path, old: dict) -> None:
+        """Resuming restores the optimizer's and the scheduler's state, so schedule flags that differ from
+        the checkpoint's config ``old`` would be silently ignored (a milestone already passed never fires):
+        refuse; a longer or shorter ``--iters`` is allowed, with a warning."""
+        old_iters = old.get("iters")
         if old_iters is not None and old_iters != self.cfg["iters"]:
             log.warning("--iters changed from %d to %d on resume: the learning-rate schedule keeps the "
                         "checkpoint's state (a cosine schedule still ends at %d)", old_iters, self.cfg["iters"],
                         old_iters)
-
-    def _check_schedule_unchanged(self, path: Path, old: dict) -> None:
-        """Resuming restores the optimizer's and the scheduler's state, so schedule flags that differ from
-        the checkpoint's would be silently ignored (a milestone already passed never fires): refuse."""
         kind = self.cfg["scheduler"]
         keys = ["scheduler", "lr"] + {"step": ["lr_step", "gamma"], "multistep": ["milestones", "gamma"],
                                       "cosine": ["eta_min"]}.get(kind, [])
