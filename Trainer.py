@@ -463,6 +463,9 @@ class Trainer:
 
     def train_step(self, batch: dict) -> tuple[Optional[dict[str, float]], dict[str, float]]:
         """One optimisation step; returns (term values or None when skipped as non-finite, stats)."""
+        begin_step = getattr(self.objective, "begin_step", None)  # tests may wrap a plain callable
+        if begin_step is not None:
+            begin_step(self.iteration + 1)  # a term that starts later (--adv_start) knows where the run is
         lr_img = batch["lr"].to(self.device, non_blocking=True).float().div_(255.0)
         hr_img = batch["hr"].to(self.device, non_blocking=True).float().div_(255.0)
         batch = {**batch, "lr": lr_img, "hr": hr_img}

@@ -132,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
            "outputs; auto: the teacher when there is one, else the ground truth")
     a("--adv_lr", type=float, default=1e-4, help="the discriminator's Adam learning rate")
     a("--adv_channels", type=int, default=64, help="the discriminator's width at full resolution")
+    a("--adv_start", type=int, default=0,
+      help="ours: iterations of warm-up before the adversarial term and its discriminator start (0: from "
+           "the first); the network learns from its pixel losses first, as ESRGAN starts from a PSNR model")
     a("--teacher_cache", default=None, help="folder for cached teacher outputs (computed once)")
     # the field's KD baselines (Utils/objectives/; the teacher is --t1_model_name / --t1_checkpoint)
     a("--kd_method", default=None, choices=["gt", "dtkd", "output", "fakd", "fitnet", "at", "dukd"],

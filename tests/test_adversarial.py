@@ -133,13 +133,53 @@ def test_bad_adversarial_flags_are_clear_errors(teacher_ckpt):
         build_objective(_gt_cfg(adv_real="teacher"), torch.device("cpu"))
     with pytest.raises(ValueError, match="--adv_channels must be >= 1"):
         build_objective(_gt_cfg(adv_channels=0), torch.device("cpu"))
+    with pytest.raises(ValueError, match="--adv_start must be >= 0, got -1"):
+        build_objective(_gt_cfg(adv_start=-1), torch.device("cpu"))
     cfg = {"model_name": "RFDN", "scale": 4, "kd_method": "dtkd", "t1_model_name": "IMDN", "t1_checkpoint": teacher_ckpt,
            "t2_checkpoint": "", "Rate_adv": 1.0, "adv_real": "teacher"}
     with pytest.raises(ValueError, match="--adv_real teacher needs a perceptual teacher"):
         build_objective(cfg, torch.device("cpu"))
 
 
+def test_adversarial_warm_up_has_no_term_and_no_critic_step_until_it_ends(one_thread):
+    from Utils.objectives import build_objective
+
+    torch.manual_seed(0)
+    student = build_model("RFDN", 4).train()
+    obj = build_objective(_gt_cfg(adv_start=2), torch.device("cpu"))
+    x, y = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 64, 64)
+    d_before = {k: v.clone() for k, v in obj.adv.disc.state_dict().items()}
+    for it in (1, 2):  # the warm-up: the term is 0 and D is untouched, power-iteration vectors included
+        obj.begin_step(it)
+        terms, stats = obj(student(x), {"lr": x, "hr": y})
+        assert terms["adv"].item() == 0 and float(stats["d_loss"]) == 0
+        obj.critic_step()
+        assert all(torch.equal(v, d_before[k]) for k, v in obj.adv.disc.state_dict().items())
+    obj.begin_step(3)
+    before = student.B1.c1_r.weight.detach().clone()
+    terms, stats = obj(student(x), {"lr": x, "hr": y})
+    assert terms["adv"].item() > 0 and float(stats["d_loss"]) > 0
+    terms["adv"].backward()  # the term alone moves the student once the warm-up is over
+    torch.optim.SGD(student.parameters(), lr=1.0).step()
+    assert not torch.equal(before, student.B1.c1_r.weight)
+    obj.critic_step()
+    assert any(not torch.equal(v, d_before[k]) for k, v in obj.adv.disc.state_dict().items())
+
+
 ADV = ("--Rate_adv", "0.1", "--adv_channels", "8")
+
+
+def test_adversarial_warm_up_resumes_exactly_inside_it(tmp_path, tiny_hr, teacher_ckpt, one_thread):
+    a, b, at1 = straight_and_split(tmp_path, tiny_hr, teacher_ckpt, 3, 1, *ADV, "--adv_start", "2")
+    for part in ("model",):
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), k
+    da, db, d1 = a["objective"]["disc"], b["objective"]["disc"], at1["objective"]["disc"]
+    assert all(torch.equal(da[k], db[k]) for k in da)
+    assert any(not torch.equal(da[k], d1[k]) for k in da), "D did not start after the warm-up"
+    with open(tmp_path / "straight" / "run" / "log.csv", newline="") as f:
+        adv = [float(r["adv"]) for r in csv.DictReader(f)]
+    assert adv[:2] == [0.0, 0.0] and adv[2] > 0
 
 
 def test_adversarial_training_resumes_exactly_discriminator_included(tmp_path, tiny_hr, teacher_ckpt, one_thread):

@@ -16,6 +16,11 @@ normalised patch discriminator D, learned alongside the network it judges.
   the detached outputs of the same step, with its own Adam (``--adv_lr``, betas 0.9/0.99 as ESRGAN);
   under DDP its gradients are averaged by hand (D is not wrapped). D, its power-iteration vectors and
   its optimizer are the objective's learned state, saved in every checkpoint for exact resume.
+* **Warm-up** (``--adv_start N``): the first N iterations of the run have neither the generator term
+  (it is 0 in the log) nor D's update, so the network first learns from its pixel losses and D starts
+  on sensible images (ESRGAN starts its GAN from a PSNR-oriented model; this does it in one run, as
+  a from-scratch study needs). The trainer tells the term the iteration (:meth:`AdversarialTerm.begin_step`),
+  so resuming inside or after the warm-up is exact.
 """
 from __future__ import annotations
 
@@ -93,6 +98,14 @@ class AdversarialTerm(nn.Module):
         self.disc = PatchDiscriminator(3, channels).to(device)
         self.opt = torch.optim.Adam(self.disc.parameters(), lr=float(cfg.get("adv_lr", 1e-4)), betas=(0.9, 0.99))
         self._pending: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+        self.start = int(cfg.get("adv_start", 0) or 0)
+        if self.start < 0:
+            raise ValueError(f"--adv_start must be >= 0, got {self.start}")
+        self.active = self.start == 0
+
+    def begin_step(self, iteration: int) -> None:
+        """Called before each training step with its 1-based number: the term is on after ``--adv_start``."""
+        self.active = iteration > self.start
 
     def _set_trainable(self, flag: bool) -> None:
         for p in self.disc.parameters():
@@ -102,12 +115,12 @@ class AdversarialTerm(nn.Module):
                        sample_mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(unweighted generator loss, D's loss on the same logits, detached) over the masked samples.
 
-        Keeps the detached pair for :meth:`critic_step`. No masked sample: both are 0 (the generator
-        term stays in the graph) and D learns nothing this step.
+        Keeps the detached pair for :meth:`critic_step`. No masked sample, or still in the warm-up: both
+        are 0 (the generator term stays in the graph) and D learns nothing this step.
         """
         if sample_mask is not None:
             fake, real = fake[sample_mask], real[sample_mask]
-        if fake.shape[0] == 0:
+        if fake.shape[0] == 0 or not self.active:
             self._pending = None
             zero = fake.sum() * 0.0
             return zero, zero.detach()
@@ -128,6 +141,8 @@ class AdversarialTerm(nn.Module):
         """One Adam step of D on the pair kept by the last :meth:`generator_loss` (all ranks together)."""
         pending, self._pending = self._pending, None
         self._set_trainable(True)
+        if not self.active:  # the warm-up: every rank is in it together, so no rank waits for another
+            return
         distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         if pending is None and not distributed:
             return

@@ -25,7 +25,8 @@ class Objective(nn.Module):
     Learned parts of an objective (FitNet's adapters) are its ``trainable_parameters()``: the trainer
     optimises them with the student and saves ``learned_state()`` in its checkpoints. A part with an
     objective of its own (the adversarial term's discriminator) is updated in ``critic_step()``, which
-    the trainer calls after each optimizer step of the student that was not skipped.
+    the trainer calls after each optimizer step of the student that was not skipped; ``begin_step(i)``
+    is called before step i (1-based), for a term that switches on at a given iteration.
     """
 
     term_names: tuple[str, ...] = ()
@@ -41,6 +42,9 @@ class Objective(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Parameters learned with the student (none for most objectives)."""
         return []
+
+    def begin_step(self, iteration: int) -> None:
+        """Called before each training step with its 1-based number (a term that starts later); no-op."""
 
     def critic_step(self) -> None:
         """Update parts that learn against the student (a discriminator) after its step; none by default."""

@@ -148,6 +148,10 @@ class DTKDObjective(Objective):
         if self.adv is not None:
             self.adv.critic_step()
 
+    def begin_step(self, iteration: int) -> None:
+        if self.adv is not None:
+            self.adv.begin_step(iteration)
+
     def teachers(self) -> list[FrozenTeacher]:
         return [t for t in (self.t1, self.t2) if t is not None]
 

@@ -51,6 +51,10 @@ class GroundTruthObjective(Objective):
         if self.adv is not None:
             self.adv.critic_step()
 
+    def begin_step(self, iteration: int) -> None:
+        if self.adv is not None:
+            self.adv.begin_step(iteration)
+
     def learned_state(self):
         return self.adv.learned_state() if self.adv is not None else None
 
