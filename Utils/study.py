@@ -21,6 +21,14 @@ A study file (YAML; relative paths are relative to the folder you run from, as f
     niqe_params: ../shared/data/weights/perceptual/niqe_pris_params.npz   # optional
     workers: 2                          # parallel runs (default: the number of cores)
     threads: 1                          # torch threads per run (default 1)
+    extends: finetune_rfdn.yaml         # optional: start from another study file (path relative to this one)
+    only_arms: [dtkd_adv, gt]           # optional: run only these arms, in this order
+
+``extends`` takes every key of the named file except ``name`` and ``out`` (a study always writes its own
+results); this file's ``defaults`` are merged flag by flag over the parent's, its ``arms`` are added to
+the parent's (an arm of the same name replaces the parent's), and any other key replaces the parent's.
+Files may extend files that extend others (not in a cycle). ``only_arms`` keeps the named arms of the
+merged set, in the order given (list the slowest first: two workers then end together).
 
 Each run is an ordinary experiment folder ``<out>/exp/<arm>_s<seed>/`` (``--auto_resume``), evaluated
 into ``<out>/eval/<arm>_s<seed>/`` (``summary.csv`` of ``main_for_infer.py``, then ``result.json``,
@@ -66,7 +74,8 @@ PathLike = Union[str, Path]
 REPO = Path(__file__).resolve().parent.parent
 
 STUDY_KEYS = {"name", "description", "out", "cache", "seeds", "baseline", "defaults", "arms", "test_folders",
-              "test_gt", "metrics", "niqe_params", "workers", "threads"}
+              "test_gt", "metrics", "niqe_params", "workers", "threads", "extends", "only_arms"}
+NOT_INHERITED = {"name", "out", "extends"}  # a study that extends another writes its own results
 RUNNER_FLAGS = {"name", "experiments_root", "seed", "auto_resume", "resume", "quiet", "config", "Train"}
 METRICS = ("psnr", "ssim", "niqe", "lpips")
 LOWER_IS_BETTER = {"niqe", "lpips"}
@@ -164,13 +173,10 @@ def _raising_parser():
     return parser
 
 
-def load_study(path: PathLike) -> Study:
-    """Read and validate a study file; every problem is a one-line :class:`StudyError`."""
+def _read_study_data(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """The study file's mapping with its ``extends`` chain merged in (see the module docstring)."""
     import yaml
 
-    from Utils.objectives import OBJECTIVES
-
-    path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
     except OSError as exc:
@@ -183,6 +189,32 @@ def load_study(path: PathLike) -> Study:
     unknown = sorted(set(data) - STUDY_KEYS)
     if unknown:
         raise StudyError(f"{path}: {unknown[0]}: unknown key (known: {', '.join(sorted(STUDY_KEYS))})")
+    parent_name = data.get("extends")
+    if parent_name is None:
+        return data
+    if not isinstance(parent_name, str) or not parent_name:
+        raise StudyError(f"{path}: extends: expected the path of another study file, got {parent_name!r}")
+    parent_path = path.parent / parent_name
+    if not parent_path.is_file():
+        raise StudyError(f"{path}: extends: {parent_path}: no such file")
+    if parent_path.resolve() in {p.resolve() for p in (*chain, path)}:
+        raise StudyError(f"{path}: extends: {parent_name}: a cycle of study files extending each other")
+    parent = _read_study_data(parent_path, (*chain, path))
+    merged = {k: v for k, v in parent.items() if k not in NOT_INHERITED}
+    for key, value in data.items():
+        if key in ("defaults", "arms") and isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        elif key != "extends":
+            merged[key] = value
+    return merged
+
+
+def load_study(path: PathLike) -> Study:
+    """Read and validate a study file; every problem is a one-line :class:`StudyError`."""
+    from Utils.objectives import OBJECTIVES
+
+    path = Path(path)
+    data = _read_study_data(path)
     for key in ("seeds", "baseline", "arms", "test_folders"):
         if key not in data:
             raise StudyError(f"{path}: {key}: missing")
@@ -199,6 +231,14 @@ def load_study(path: PathLike) -> Study:
     arms_raw = data["arms"]
     if not isinstance(arms_raw, dict) or not arms_raw:
         raise StudyError(f"{path}: arms: expected a mapping of arm names to main.py flags")
+    only = data.get("only_arms")
+    if only is not None:
+        if not isinstance(only, list) or not only or len(set(map(str, only))) != len(only):
+            raise StudyError(f"{path}: only_arms: expected a non-empty list of distinct arm names, got {only!r}")
+        missing = [a for a in only if a not in arms_raw]
+        if missing:
+            raise StudyError(f"{path}: only_arms: {missing[0]!r} is not an arm ({', '.join(map(str, arms_raw))})")
+        arms_raw = {a: arms_raw[a] for a in only}
     arms = {}
     for arm, flags in arms_raw.items():
         if not isinstance(arm, str) or not arm.replace("-", "_").isidentifier():

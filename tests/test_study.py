@@ -232,3 +232,60 @@ def test_teacher_cache_only_for_methods_that_read_it(tiny_data, tmp_path):
     study = st.load_study(f)
     cached = {r.arm for r in study.runs if "--teacher_cache" in r.argv}
     assert cached == {"output", "dukd", "tt"}
+
+
+def test_extends_merges_defaults_and_arms_and_only_arms_selects_in_order(tiny_data, tmp_path):
+    parent = _study_file(tiny_data, tmp_path / "parent", tmp_path / "parent.yaml")
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    child = sub / "child.yaml"
+    child.write_text(yaml.safe_dump({"extends": "../parent.yaml", "defaults": {"iters": 4},
+                                     "arms": {"edge": {"Rate_lm": 0.2}, "tex": {"Rate_tex": 1.0}},
+                                     "only_arms": ["tex", "gt", "edge"]}))
+    study = st.load_study(child)
+    base = st.load_study(parent)
+    assert study.name == "child" and study.out == Path("studies/child")  # name and out are never inherited
+    assert study.seeds == base.seeds and study.test_folders == base.test_folders and study.baseline == "gt"
+    assert list(study.arms) == ["tex", "gt", "edge"]
+    assert study.arms["edge"] == {"Rate_lm": 0.2}  # a child arm replaces the parent's whole arm
+    gt_child = next(r for r in study.runs if r.arm == "gt" and r.seed == 0).argv
+    gt_parent = next(r for r in base.runs if r.arm == "gt" and r.seed == 0).argv
+    assert gt_child[gt_child.index("--iters") + 1] == "4" and gt_parent[gt_parent.index("--iters") + 1] == "6"
+    assert gt_child[gt_child.index("--patch_size") + 1] == "64"  # the other defaults come from the parent
+    # a grandchild: chains work, and without only_arms every merged arm runs
+    (sub / "grand.yaml").write_text(yaml.safe_dump({"extends": "child.yaml", "only_arms": ["gt"]}))
+    assert [r.run_id for r in st.load_study(sub / "grand.yaml").runs] == ["gt_s0", "gt_s1"]
+
+
+@pytest.mark.parametrize("child, message", [
+    ({"extends": "nope.yaml"}, "extends: {dir}/nope.yaml: no such file"),
+    ({"extends": "s.yaml"}, "extends: s.yaml: a cycle of study files"),
+    ({"extends": 3}, "extends: expected the path of another study file"),
+    ({"extends": "parent.yaml", "only_arms": ["gt", "nope"]}, "only_arms: 'nope' is not an arm (edge, gt)"),
+    ({"extends": "parent.yaml", "only_arms": ["gt", "gt"]}, "only_arms: expected a non-empty list of distinct"),
+])
+def test_bad_extends_or_only_arms_is_one_line_and_exit_2(tiny_data, tmp_path, capsys, child, message):
+    _study_file(tiny_data, tmp_path / "parent", tmp_path / "parent.yaml")
+    f = tmp_path / "s.yaml"
+    f.write_text(yaml.safe_dump(child))
+    assert st.main([str(f)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert str(f) in err and message.format(dir=tmp_path) in err, err
+
+
+def test_the_timing_studies_extend_the_finetuning_study_with_its_runs_unchanged():
+    """timing_rfdn.yaml extends finetune_rfdn.yaml (6 of its arms) and timing_rfdn_bf16.yaml extends it
+    (plus --amp bf16): each run's flags are the parent's, so the committed results stay theirs."""
+    if not (REPO.parent / "shared" / "data" / "train" / "T91").is_dir():
+        pytest.skip("needs ../shared/data (the study files' paths are relative to it)")
+    ft = {r.run_id: r.argv for r in st.load_study(REPO / "studies" / "finetune_rfdn.yaml").runs}
+    timing = st.load_study(REPO / "studies" / "timing_rfdn.yaml")
+    bf16 = st.load_study(REPO / "studies" / "timing_rfdn_bf16.yaml")
+    assert list(timing.arms) == ["dtkd_adv", "gt", "fidelity", "perceptual", "dtkd", "dtkd_no_routing"]
+    strip = lambda argv: [a for a in argv if "cache" not in a and "timing" not in a and "finetune" not in a]  # noqa: E731
+    for run in timing.runs:
+        assert strip(run.argv) == strip(ft[run.run_id]), run.run_id
+    for run, ref in zip(bf16.runs, timing.runs):
+        i = run.argv.index("--amp")
+        assert run.argv[i + 1] == "bf16" and strip(run.argv[:i] + run.argv[i + 2:]) == strip(ref.argv), run.run_id
