@@ -88,6 +88,30 @@ def test_adversarial_term_alone_changes_the_network_and_d_learns(one_thread):
     assert d.item() < 0.5 * first
 
 
+def test_generator_pass_equals_the_joint_pass_and_builds_no_graph_for_the_real_side(one_thread):
+    """The generator's side judges the real images without autograd (a speed-up: no backward for
+    them); the loss and the gradient reaching the student equal one joint pass over both."""
+    from Utils.objectives.adversarial import AdversarialTerm, relativistic_losses
+
+    torch.manual_seed(0)
+    term = AdversarialTerm({"adv_channels": 8}, torch.device("cpu"))
+    fake, real = torch.rand(3, 3, 32, 32, requires_grad=True), torch.rand(3, 3, 32, 32)
+    g, d = term.generator_loss(fake, real)
+    g.backward()
+    grad_split, fake.grad = fake.grad.clone(), None
+    term.disc.eval()
+    g_joint, d_joint = relativistic_losses(*term._judge(real, fake))
+    g_joint.backward()
+    torch.testing.assert_close(g, g_joint, rtol=1e-6, atol=0)
+    torch.testing.assert_close(d, d_joint.detach(), rtol=1e-6, atol=0)
+    torch.testing.assert_close(grad_split, fake.grad, rtol=1e-5, atol=1e-9)
+    seen = []
+    hook = term.disc.register_forward_hook(lambda m, a, out: seen.append(out.requires_grad))
+    term.generator_loss(fake, real)
+    hook.remove()
+    assert seen == [False, True]  # real: no graph; fake: the path to the student
+
+
 def test_dtkd_adversarial_term_judges_against_p_on_routed_samples_only(teacher_ckpt, rfdn_teacher_ckpt, one_thread):
     from Utils.objectives import build_objective
 
@@ -123,7 +147,7 @@ def test_dtkd_adversarial_term_judges_against_p_on_routed_samples_only(teacher_c
     hook = obj.adv.disc.register_forward_pre_hook(lambda m, a: seen.append(a[0].shape[0]))
     obj(sr, {"lr": x, "hr": y, "t2": p})
     hook.remove()
-    assert seen == [2]  # one pass on (real, fake) of the routed sample
+    assert seen == [1, 1]  # the routed sample alone: P's output (no graph), then the student's
 
 
 def test_bad_adversarial_flags_are_clear_errors(teacher_ckpt):

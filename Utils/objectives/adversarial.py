@@ -127,13 +127,15 @@ class AdversarialTerm(nn.Module):
         real = real.detach().float()
         self._set_trainable(False)  # the generator's backward needs no gradient of D's weights
         self.disc.eval()  # and spectral norm's power iteration advances only in critic_step (ranks stay equal)
-        real_logits, fake_logits = self._judge(real, fake.float())
+        with torch.no_grad():  # no gradient reaches the real side: its pass keeps no graph and has no backward
+            real_logits = self.disc(real)
+        fake_logits = self.disc(fake.float())
         g, d = relativistic_losses(real_logits, fake_logits)
         self._pending = (fake.detach().float(), real)
         return g, d.detach()
 
     def _judge(self, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """D's logits on both, in one pass (one power iteration in training mode)."""
+        """D's logits on both, in one pass (one power iteration in training mode; D's own step)."""
         logits = self.disc(torch.cat([real, fake]))
         return logits[: real.shape[0]], logits[real.shape[0]:]
 
