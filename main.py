@@ -182,11 +182,14 @@ def parse_config(argv: Optional[Sequence[str]] = None) -> dict:
     if cfg["cache_dir"] is None:
         cfg["cache_dir"] = str(Path(cfg["experiments_root"]) / "cache")
     for key, low in (("iters", 1), ("batch_size", 1), ("save_every", 1), ("max_nonfinite", 1), ("test_every", 0),
-                     ("patch_size", 1), ("scale", 1)):
+                     ("patch_size", 1), ("scale", 1), ("adv_start", 0)):
         if cfg[key] < low:
             parser.error(f"--{key} must be at least {low}, got {cfg[key]}")
     if cfg["train_lr"] is not None and cfg["train_hr"] is not None and len(cfg["train_lr"]) != len(cfg["train_hr"]):
         parser.error(f"--train_lr: {len(cfg['train_lr'])} folders for {len(cfg['train_hr'])} --train_hr folders")
+    if cfg["Rate_adv"] > 0 and cfg["adv_start"] >= cfg["iters"]:
+        log.warning("--adv_start %d >= --iters %d: the adversarial term never starts in this run",
+                    cfg["adv_start"], cfg["iters"])
     return cfg
 
 
