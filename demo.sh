@@ -3,7 +3,7 @@
 #
 #   bash demo.sh          quick demo on embedded data (scikit-image photos), CPU, no download, minutes:
 #                         trains a small fidelity teacher (IMDN) and a small EdgeSRN (two stages: L1, then
-#                         L1 + edge + texture statistics), an RFDN baseline on ground truth and an RFDN
+#                         L1 + edge + a discriminator learned from scratch), an RFDN baseline on ground truth and an RFDN
 #                         student with DTKD (adversarial transfer from the perceptual teacher),
 #                         evaluates all of them, prints the comparison table, the perception-distortion
 #                         plot and the verdict: is the teacher perceptual, is the student sharper than the
@@ -12,7 +12,8 @@
 #                         are used instead of training small ones when present.
 #   bash demo.sh paper    the paper-scale recipe on DIV2K (GPU; downloads DIV2K and the IMDN teacher).
 #
-# Environment: DTKD_DEMO_OUT (default demo_output), PYTHON (default python), DTKD_NIQE_PARAMS.
+# Environment: DTKD_DEMO_OUT (default demo_output), PYTHON (default python), DTKD_NIQE_PARAMS,
+# DTKD_DEMO_ITERS (300: the IMDN and RFDN runs), DTKD_DEMO_TEACHER_ITERS (2000: EdgeSRN's stage 1; stage 2 is 4/5 of it).
 # Every run resumes where it stopped (--auto_resume), so running the demo again is cheap and safe.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -37,8 +38,8 @@ if [ "$MODE" = "quick" ]; then
   # one progress bar per training stage (no --quiet); logging shows what each stage loads
   COMMON=(--experiments_root "$EXP" --cache_dir "$EXP/cache" --valid_dataset "$TEST" --patch_size 64
           --batch_size 8 --num_workers 0 --auto_resume --seed 0)
-  TEX=(--tex_kind spectrum --tex_window 16)  # the weight-free texture-statistics term (README, "DTKD: the method")
   ITERS=${DTKD_DEMO_ITERS:-300}
+  T_ITERS=${DTKD_DEMO_TEACHER_ITERS:-2000}  # the perceptual teacher needs longer: its texture comes late
 
   if [ -f Checkpoints/IMDN/IMDN_x4.pth ]; then
     T1=Checkpoints/IMDN/IMDN_x4.pth
@@ -53,13 +54,16 @@ if [ "$MODE" = "quick" ]; then
     T2=Checkpoints/EdgeSRN/EdgeSRN_x4.pth; T2_MODEL=EdgeSRN
   else
     T2_MODEL=EdgeSRN_small  # the EdgeSRN architecture at demo size: minutes on a CPU
-    step "perceptual teacher: EdgeSRN stage 1, L1 pre-training"
-    $PY main.py --model_name "$T2_MODEL" --name demo_edgesrn_l1 --iters "$ITERS" --test_every "$ITERS" \
+    step "perceptual teacher: EdgeSRN stage 1, L1 pre-training ($T_ITERS iterations)"
+    $PY main.py --model_name "$T2_MODEL" --name demo_edgesrn_l1 --iters "$T_ITERS" --test_every "$T_ITERS" \
       --lr 1e-3 "${TRAIN[@]}" "${COMMON[@]}"
-    step "perceptual teacher: EdgeSRN stage 2, L1 + edge + texture statistics (VGG term off without its weights)"
+    # the T91 teacher's stage 2 (README, "Where this leaves the method"): L1 + edge + a discriminator learned
+    # from scratch (the VGG term is off without its weights), the lr cut to a tenth for the last 300 of 1600
+    S2=$((T_ITERS * 4 / 5)); CUT=$((S2 * 13 / 16))
+    step "perceptual teacher: EdgeSRN stage 2, L1 + edge + adversarial ($S2 iterations, lr / 10 after $CUT)"
     $PY main.py --model_name "$T2_MODEL" --name demo_edgesrn_edge --checkpoint "$(weights demo_edgesrn_l1)" \
-      --iters $((ITERS / 2)) --test_every $((ITERS / 2)) --lr 2e-4 --Rate_lm 1 --Rate_lpts 0 \
-      --Rate_tex "${DTKD_DEMO_TEACHER_TEX:-30}" "${TEX[@]}" "${TRAIN[@]}" "${COMMON[@]}"
+      --iters "$S2" --test_every "$S2" --lr 1e-4 --scheduler multistep --milestones "$CUT" --gamma 0.1 \
+      --Rate_lm 0.05 --Rate_lpts 0 --Rate_adv 0.005 --adv_channels 32 "${TRAIN[@]}" "${COMMON[@]}" --batch_size 16
     T2=$(weights demo_edgesrn_edge)
   fi
 
@@ -74,7 +78,7 @@ if [ "$MODE" = "quick" ]; then
   $PY main.py --model_name RFDN --name demo_rfdn_dtkd --iters "$ITERS" --test_every "$EVERY" --lr 1e-3 \
     --train_by_TT True --t1_model_name IMDN --t1_checkpoint "$T1" --t2_model_name "$T2_MODEL" --t2_checkpoint "$T2" \
     --entropy_gate auto --loss_attn both --Rate_l1 1 --Rate_kd 1 --Rate_lpts 0 \
-    --t2_pixel_kd False --Rate_adv "${DTKD_DEMO_STUDENT_ADV:-0.03}" --adv_channels 32 \
+    --t2_pixel_kd False --Rate_adv "${DTKD_DEMO_STUDENT_ADV:-0.01}" --adv_channels 32 \
     --teacher_cache "$EXP/teacher_cache" "${TRAIN[@]}" "${COMMON[@]}"
 
   step "evaluation on the demo test set"
