@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import pandas as pd
 
@@ -30,13 +30,20 @@ def _row(table: pd.DataFrame, checkpoint: str, dataset: str) -> pd.Series:
     return rows.iloc[-1]
 
 
+def teacher_slacks(f: Mapping[str, float], p: Mapping[str, float], niqe_margin: float = 0.5,
+                   psnr_margin: float = 1.5) -> tuple[float, float]:
+    """``(PSNR slack in dB, NIQE slack)`` of the perceptual teacher ``p`` to the criterion against the
+    fidelity teacher ``f`` (rows with ``psnr`` and ``niqe``): it is met when both are >= 0."""
+    return p["psnr"] - (f["psnr"] - psnr_margin), (f["niqe"] - niqe_margin) - p["niqe"]
+
+
 def verdict(table: pd.DataFrame, dataset: str, fidelity: str, perceptual: str, baseline: str, student: str,
             teacher_niqe_margin: float = 0.5, teacher_psnr_margin: float = 1.5,
             student_psnr_margin: float = 0.1) -> list[tuple[bool, str]]:
     """``(passed, line)`` for the teacher check and the student check."""
     f, p = _row(table, fidelity, dataset), _row(table, perceptual, dataset)
     b, s = _row(table, baseline, dataset), _row(table, student, dataset)
-    t_ok = p["niqe"] <= f["niqe"] - teacher_niqe_margin and p["psnr"] >= f["psnr"] - teacher_psnr_margin
+    t_ok = min(teacher_slacks(f, p, teacher_niqe_margin, teacher_psnr_margin)) >= 0
     s_ok = s["niqe"] < b["niqe"] and s["psnr"] >= b["psnr"] - student_psnr_margin
     return [
         (bool(t_ok), f"perceptual teacher {perceptual}: NIQE {p['niqe']:.3f} vs fidelity teacher {f['niqe']:.3f} "

@@ -33,6 +33,7 @@ import pandas as pd
 import torch
 
 from Utils.checkpoint import CheckpointError, atomic_save, load_state_dict_strict, read_state_dict
+from Utils.demo_verdict import teacher_slacks
 
 log = logging.getLogger(__name__)
 PathLike = Union[str, Path]
@@ -118,9 +119,9 @@ def choose(table: pd.DataFrame, fidelity: str, candidates: Sequence[str], datase
     rows = []
     for name in candidates:
         m = _pooled(table, name, datasets, source)
+        slack_psnr, slack_niqe = teacher_slacks(ref, m, niqe_margin, psnr_margin)
         rows.append({"checkpoint": name, "alpha": alpha_of(name), "psnr": m["psnr"], "niqe": m["niqe"],
-                     "slack_psnr": m["psnr"] - (ref["psnr"] - psnr_margin),
-                     "slack_niqe": (ref["niqe"] - niqe_margin) - m["niqe"]})
+                     "slack_psnr": slack_psnr, "slack_niqe": slack_niqe})
     out = pd.DataFrame(rows)
     out["worst_slack"] = out[["slack_psnr", "slack_niqe"]].min(axis=1)
     return out.sort_values(["worst_slack", "alpha"], ascending=False, na_position="last").reset_index(drop=True)
