@@ -9,7 +9,7 @@ Two checks, on one test set, from the ``summary.csv`` rows of ``main_for_infer.p
 * the perceptual teacher is perceptual: NIQE at least ``--teacher_niqe_margin`` (0.5) below the
   fidelity teacher's, at most ``--teacher_psnr_margin`` (1.5) dB below it in PSNR;
 * the DTKD student is better looking than the ground-truth-only student: lower NIQE, at most
-  ``--student_psnr_margin`` (0.1) dB lower PSNR.
+  ``--student_psnr_margin`` (0.1) dB lower PSNR (only when ``--baseline`` and ``--student`` are given).
 
 It prints one line per check (PASS or FAIL with the figures) and exits 0 either way: the demo reports
 what it measured; ``--strict`` makes a failed check exit 1.
@@ -37,35 +37,52 @@ def teacher_slacks(f: Mapping[str, float], p: Mapping[str, float], niqe_margin: 
     return p["psnr"] - (f["psnr"] - psnr_margin), (f["niqe"] - niqe_margin) - p["niqe"]
 
 
-def verdict(table: pd.DataFrame, dataset: str, fidelity: str, perceptual: str, baseline: str, student: str,
-            teacher_niqe_margin: float = 0.5, teacher_psnr_margin: float = 1.5,
-            student_psnr_margin: float = 0.1) -> list[tuple[bool, str]]:
-    """``(passed, line)`` for the teacher check and the student check."""
+def teacher_check(table: pd.DataFrame, dataset: str, fidelity: str, perceptual: str,
+                  niqe_margin: float = 0.5, psnr_margin: float = 1.5) -> tuple[bool, str]:
+    """``(passed, line)`` of the perceptual-teacher criterion on ``dataset``."""
     f, p = _row(table, fidelity, dataset), _row(table, perceptual, dataset)
+    ok = min(teacher_slacks(f, p, niqe_margin, psnr_margin)) >= 0
+    return bool(ok), (f"perceptual teacher {perceptual}: NIQE {p['niqe']:.3f} vs fidelity teacher {f['niqe']:.3f} "
+                      f"({p['niqe'] - f['niqe']:+.3f}, needs <= -{niqe_margin:g}); PSNR {p['psnr']:.3f} vs "
+                      f"{f['psnr']:.3f} ({p['psnr'] - f['psnr']:+.3f} dB, needs >= -{psnr_margin:g})")
+
+
+def student_check(table: pd.DataFrame, dataset: str, baseline: str, student: str,
+                  psnr_margin: float = 0.1) -> tuple[bool, str]:
+    """``(passed, line)`` of the student criterion: lower NIQE than the baseline, PSNR at most ``psnr_margin`` lower."""
     b, s = _row(table, baseline, dataset), _row(table, student, dataset)
-    t_ok = min(teacher_slacks(f, p, teacher_niqe_margin, teacher_psnr_margin)) >= 0
-    s_ok = s["niqe"] < b["niqe"] and s["psnr"] >= b["psnr"] - student_psnr_margin
-    return [
-        (bool(t_ok), f"perceptual teacher {perceptual}: NIQE {p['niqe']:.3f} vs fidelity teacher {f['niqe']:.3f} "
-                     f"({p['niqe'] - f['niqe']:+.3f}, needs <= -{teacher_niqe_margin:g}); PSNR {p['psnr']:.3f} vs "
-                     f"{f['psnr']:.3f} ({p['psnr'] - f['psnr']:+.3f} dB, needs >= -{teacher_psnr_margin:g})"),
-        (bool(s_ok), f"DTKD student {student}: NIQE {s['niqe']:.3f} vs ground-truth-only {b['niqe']:.3f} "
-                     f"({s['niqe'] - b['niqe']:+.3f}, needs < 0); PSNR {s['psnr']:.3f} vs {b['psnr']:.3f} "
-                     f"({s['psnr'] - b['psnr']:+.3f} dB, needs >= -{student_psnr_margin:g})"),
-    ]
+    ok = s["niqe"] < b["niqe"] and s["psnr"] >= b["psnr"] - psnr_margin
+    return bool(ok), (f"DTKD student {student}: NIQE {s['niqe']:.3f} vs ground-truth-only {b['niqe']:.3f} "
+                      f"({s['niqe'] - b['niqe']:+.3f}, needs < 0); PSNR {s['psnr']:.3f} vs {b['psnr']:.3f} "
+                      f"({s['psnr'] - b['psnr']:+.3f} dB, needs >= -{psnr_margin:g})")
+
+
+def verdict(table: pd.DataFrame, dataset: str, fidelity: str, perceptual: str, baseline: Optional[str] = None,
+            student: Optional[str] = None, teacher_niqe_margin: float = 0.5, teacher_psnr_margin: float = 1.5,
+            student_psnr_margin: float = 0.1) -> list[tuple[bool, str]]:
+    """``(passed, line)`` for the teacher check and, when ``baseline`` and ``student`` are given, the student check."""
+    checks = [teacher_check(table, dataset, fidelity, perceptual, teacher_niqe_margin, teacher_psnr_margin)]
+    if baseline is not None and student is not None:
+        checks.append(student_check(table, dataset, baseline, student, student_psnr_margin))
+    return checks
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("summary", help="summary.csv of main_for_infer.py")
     p.add_argument("--dataset", required=True)
-    for role in ("fidelity", "perceptual", "baseline", "student"):
+    for role in ("fidelity", "perceptual"):
         p.add_argument(f"--{role}", required=True, help=f"checkpoint file name of the {role} model")
+    for role in ("baseline", "student"):
+        p.add_argument(f"--{role}", help=f"checkpoint file name of the {role} model (both or neither: the "
+                                         "student check runs when both are given)")
     p.add_argument("--teacher_niqe_margin", type=float, default=0.5)
     p.add_argument("--teacher_psnr_margin", type=float, default=1.5)
     p.add_argument("--student_psnr_margin", type=float, default=0.1)
     p.add_argument("--strict", action="store_true", help="exit 1 when a check fails")
     args = p.parse_args(argv)
+    if (args.baseline is None) != (args.student is None):
+        p.error("--baseline and --student go together")
     checks = verdict(pd.read_csv(args.summary), args.dataset, args.fidelity, args.perceptual, args.baseline,
                      args.student, args.teacher_niqe_margin, args.teacher_psnr_margin, args.student_psnr_margin)
     for ok, line in checks:

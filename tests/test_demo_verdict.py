@@ -32,3 +32,16 @@ def test_verdict_cli_prints_and_strict_exit(tmp_path, capsys):
     assert out[0].startswith("FAIL  perceptual teacher p.pth: NIQE 5.950 vs fidelity teacher 6.400 (-0.450")
     assert out[1].startswith("PASS  DTKD student s.pth")
     assert main(args + ["--strict"]) == 1
+
+
+def test_verdict_teacher_only_and_half_a_student_pair(tmp_path, capsys):
+    path = tmp_path / "summary.csv"
+    _table(5.9, 28.95).to_csv(path, index=False)
+    args = [str(path), "--dataset", "Demo", "--fidelity", "f.pth", "--perceptual", "p.pth"]
+    assert main(args + ["--strict"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1 and out[0].startswith("PASS  perceptual teacher p.pth")
+    with pytest.raises(SystemExit) as exc:
+        main(args + ["--baseline", "b.pth"])
+    assert exc.value.code == 2
+    assert "--baseline and --student go together" in capsys.readouterr().err
