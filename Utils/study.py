@@ -601,13 +601,19 @@ def write_report(study: Study) -> Optional[pd.DataFrame]:
 
 # ----------------------------------------------------------------------------- CLI
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m Utils.study``."""
+    p = argparse.ArgumentParser(prog="python -m Utils.study", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("study", help="study file (YAML)")
     p.add_argument("--report", action="store_true", help="only rebuild the tables and the plot from finished runs")
     p.add_argument("--workers", type=int, default=None, help="parallel runs (overrides the study file)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     try:
