@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", choices=["none", "bf16", "fp16"], default=None, help="autocast precision on CUDA")
     p.add_argument("--lpips", action="store_true", help="also measure LPIPS (AlexNet; weights via torch.hub)")
     p.add_argument("--no_niqe", action="store_true", help="skip NIQE")
-    p.add_argument("--niqe_params", default=None, help="niqe_pris_params.npz (default: downloaded on first use)")
+    p.add_argument("--niqe_params", default=None, help="niqe_pris_params.npz (default: $DTKD_NIQE_PARAMS, else the copy shipped in Utils/assets/)")
     p.add_argument("--round_y", action="store_true",
                    help="round Y to integers as the original SRDTKD code (about 0.02 dB lower)")
     p.add_argument("--no_save", action="store_true", help="do not write SR images")

@@ -517,7 +517,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         log.info("wrote %s and %s", args.out / "compare.md", args.out / "compare.csv")
     if not args.no_plot:
         plot_dir = args.out if args.out is not None else args.summaries[0].parent
-        plot_perception_distortion(rows, plot_dir / "perception_distortion.png", args.perceptual, args.label_by)
+        plot = plot_dir / "perception_distortion.png"
+        if plot_perception_distortion(rows, plot, args.perceptual, args.label_by) is None and plot.exists():
+            plot.unlink()  # an older plot would pass for this comparison's
+            log.warning("removed the earlier %s: it does not show these summaries", plot)
     return 0
 
 

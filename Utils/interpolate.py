@@ -17,8 +17,11 @@ candidate with the largest worst slack to the perceptual-teacher criterion::
 
     slack_psnr = PSNR - (PSNR_F - psnr_margin)      slack_niqe = (NIQE_F - niqe_margin) - NIQE
 
-(larger alpha on a tie). It prints a CSV table of the candidates and the chosen file's name. Exit status
-2 for a bad input (missing file, keys or shapes that differ, a candidate not in the summary).
+(larger alpha on a tie). It prints a CSV table of the candidates and the chosen file's name. A candidate
+without a PSNR or NIQE figure (or a reference without one) is never chosen: it gets one line
+``cannot judge: NIQE unavailable for X (why)``, and when no candidate can be judged nothing is chosen
+and the exit status is 1. Exit status 2 for a bad input (missing file, keys or shapes that differ, a
+candidate not in the summary).
 """
 from __future__ import annotations
 
@@ -103,28 +106,55 @@ def write_blends(stage1: PathLike, stage2: PathLike, alphas: Sequence[float], ou
 
 
 def _pooled(table: pd.DataFrame, checkpoint: str, datasets: Sequence[str], source: PathLike) -> pd.Series:
+    """Image-weighted PSNR and NIQE of ``checkpoint`` over ``datasets``; NaN (never a partial mean) where a
+    figure is missing, with the reason under ``why_<metric>``."""
     rows = table[(table["checkpoint"] == checkpoint) & (table["dataset"].isin(datasets))]
     rows = rows.drop_duplicates(["dataset"], keep="last")
     missing = sorted(set(datasets) - set(rows["dataset"]))
     if missing:
         raise InterpolationError(f"{source}: no row for {checkpoint} on {', '.join(missing)}")
     w = rows["images"].astype(float)
-    return pd.Series({m: float((rows[m].astype(float) * w).sum() / w.sum()) for m in ("psnr", "niqe")})
+    out: dict[str, object] = {}
+    for m in ("psnr", "niqe"):
+        if m not in rows.columns:
+            out[m], out[f"why_{m}"] = float("nan"), f"the summary has no {m} column"
+            continue
+        values = pd.to_numeric(rows[m], errors="coerce")
+        empty = sorted(rows["dataset"][values.isna()])
+        if empty:
+            out[m], out[f"why_{m}"] = float("nan"), (f"{m} is empty for {', '.join(empty)} in the summary: "
+                                                     "it was off or failed when evaluated")
+        else:
+            out[m], out[f"why_{m}"] = float((values * w).sum() / w.sum()), None
+    return pd.Series(out)
 
 
 def choose(table: pd.DataFrame, fidelity: str, candidates: Sequence[str], datasets: Sequence[str],
            niqe_margin: float = 0.5, psnr_margin: float = 1.5, source: PathLike = "summary") -> pd.DataFrame:
-    """The candidates' pooled PSNR / NIQE and slacks, best first (worst slack, then alpha, descending)."""
+    """The candidates' pooled PSNR / NIQE and slacks, best first (worst slack, then alpha, descending).
+
+    A candidate whose slacks cannot be computed (its or the fidelity reference's PSNR or NIQE missing) has
+    a NaN worst slack, is ranked last and is never chosen; ``why`` says what is missing (None otherwise).
+    """
     ref = _pooled(table, fidelity, datasets, source)
     rows = []
     for name in candidates:
         m = _pooled(table, name, datasets, source)
         slack_psnr, slack_niqe = teacher_slacks(ref, m, niqe_margin, psnr_margin)
+        gaps = [f"{label} unavailable for {who} ({reason})"
+                for metric, label in (("niqe", "NIQE"), ("psnr", "PSNR"))
+                for who, reason in ((name, m[f"why_{metric}"]), (fidelity, ref[f"why_{metric}"])) if reason]
         rows.append({"checkpoint": name, "alpha": alpha_of(name), "psnr": m["psnr"], "niqe": m["niqe"],
-                     "slack_psnr": slack_psnr, "slack_niqe": slack_niqe})
+                     "slack_psnr": slack_psnr, "slack_niqe": slack_niqe, "why": "; ".join(gaps) or None})
     out = pd.DataFrame(rows)
-    out["worst_slack"] = out[["slack_psnr", "slack_niqe"]].min(axis=1)
+    judged = criterion_judgeable(out)
+    out["worst_slack"] = out[["slack_psnr", "slack_niqe"]].min(axis=1).where(judged)
     return out.sort_values(["worst_slack", "alpha"], ascending=False, na_position="last").reset_index(drop=True)
+
+
+def criterion_judgeable(ranked: pd.DataFrame) -> pd.Series:
+    """True for the rows whose two slacks are both numbers (a NaN slack must never pass for a small one)."""
+    return ranked["slack_psnr"].notna() & ranked["slack_niqe"].notna()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -163,7 +193,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             names = [Path(c).name for c in args.candidates]
             ranked = choose(table, Path(args.fidelity).name, names, args.datasets,
                             args.niqe_margin, args.psnr_margin, args.summary)
-            print(ranked.to_csv(index=False, float_format="%.4f"), end="")
+            print(ranked.drop(columns=["why"]).to_csv(index=False, float_format="%.4f"), end="")
+            for _, row in ranked[ranked["worst_slack"].isna()].iterrows():
+                print(f"cannot judge: {row['why'] or 'slack is NaN for ' + row['checkpoint']}")
+            if pd.isna(ranked.iloc[0]["worst_slack"]):
+                print("error: no candidate can be judged: nothing chosen", file=sys.stderr)
+                return 1
             print(f"chosen: {ranked.iloc[0]['checkpoint']}")
     except (InterpolationError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -28,12 +28,14 @@ from Utils.imresize import imresize
 log = logging.getLogger(__name__)
 
 __all__ = ["calculate_niqe", "niqe_from_gray", "load_niqe_params", "default_params_path",
-           "NIQE_PARAMS_URL", "NiqeParams"]
+           "shipped_params_path", "NIQE_PARAMS_URL", "NIQE_PARAMS_SHA256", "NiqeParams"]
 
 PathLike = Union[str, Path]
 
 NIQE_PARAMS_URL = ("https://raw.githubusercontent.com/XPixelGroup/BasicSR/master/"
                    "basicsr/metrics/niqe_pris_params.npz")
+# SHA-256 of the shipped (and the published) parameter file; Utils/assets/README.md says where it comes from.
+NIQE_PARAMS_SHA256 = "2a7c182a68c9e7f1b2e2e5ec723279d6f65d912b6fcaf37eb2bf03d7367c4296"
 BLOCK_SIZE = 96
 
 # Grid of shape parameters searched by the moment-matching fit, as in the MATLAB code (0.2:0.001:10).
@@ -49,8 +51,13 @@ class NiqeParams(NamedTuple):
     window: np.ndarray
 
 
+def shipped_params_path() -> Path:
+    """The copy of the pristine parameters that ships with the project (``Utils/assets/``)."""
+    return Path(__file__).resolve().parent / "assets" / "niqe_pris_params.npz"
+
+
 def default_params_path() -> Path:
-    """Where the pristine parameters are cached when no path is given."""
+    """Where the pristine parameters are cached (and downloaded to) when the shipped copy is absent."""
     return Path(os.path.expanduser("~")) / ".cache" / "dtkd" / "niqe_pris_params.npz"
 
 
@@ -99,17 +106,23 @@ def _load_params_cached(path: str) -> NiqeParams:
 
 
 def load_niqe_params(params_path: Optional[PathLike] = None) -> NiqeParams:
-    """Load (once per path) the pristine model; ``None`` uses, and if needed downloads, the cache."""
+    """Load (once per path) the pristine model.
+
+    ``None`` takes the shipped copy (:func:`shipped_params_path`); without it, the cache
+    (:func:`default_params_path`), downloaded on first use.
+    """
     if params_path is None:
-        path = default_params_path()
+        path = shipped_params_path()
         if not path.is_file():
-            _download_default(path)
+            path = default_params_path()
+            if not path.is_file():
+                _download_default(path)
     else:
         path = Path(params_path).expanduser()
         if not path.is_file():
             raise FileNotFoundError(
                 f"NIQE parameter file not found: {path} (it is niqe_pris_params.npz as distributed with "
-                f"BasicSR, {NIQE_PARAMS_URL}; pass params_path=None to download it to the cache)")
+                f"BasicSR, {NIQE_PARAMS_URL}; pass params_path=None for the copy shipped in Utils/assets/)")
     return _load_params_cached(str(path.resolve()))
 
 
@@ -222,8 +235,8 @@ def calculate_niqe(img: np.ndarray, crop_border: int, params_path: Optional[Path
     RGB images are scored on MATLAB's Y channel (``test_y_channel``) or on the 0.299/0.587/0.114
     gray; a 2-D image is scored as it is. ``crop_border`` pixels are removed from each edge, then
     the values are rounded to integers as in the reference. ``params_path`` names
-    ``niqe_pris_params.npz``; ``None`` uses ``~/.cache/dtkd/niqe_pris_params.npz``, downloading it
-    from BasicSR on first use. The input is not modified.
+    ``niqe_pris_params.npz``; ``None`` uses the copy shipped in ``Utils/assets/`` (without it,
+    ``~/.cache/dtkd/niqe_pris_params.npz``, downloaded from BasicSR on first use). The input is not modified.
     """
     if not isinstance(img, np.ndarray):
         raise TypeError(f"calculate_niqe expects a numpy array, got {type(img).__name__}")

@@ -152,6 +152,31 @@ def test_no_perceptual_measure_warns_and_draws_nothing(tmp_path, caplog):
     assert not (p.parent / "perception_distortion.png").exists()
 
 
+def test_no_perceptual_measure_removes_an_earlier_plot(tmp_path, caplog):
+    """A plot left by an earlier comparison must not pass for this one (the demo lists only files that exist)."""
+    p = write_summary(tmp_path / "s" / "summary.csv", [
+        summary_row("Alpha", "a.pth", SHA_A, "Set5", "30.000000", "0.9"),
+        summary_row("Beta", "b.pth", SHA_B, "Set5", "31.000000", "0.8"),
+    ])
+    stale = tmp_path / "out" / "perception_distortion.png"
+    stale.parent.mkdir()
+    stale.write_bytes(b"old")
+    with caplog.at_level(logging.WARNING, logger="Utils.compare"):
+        assert main([str(p), "--out", str(tmp_path / "out")]) == 0
+    assert not stale.exists() and "removed the earlier" in caplog.text
+    assert "NIQE" not in (tmp_path / "out" / "compare.md").read_text()
+
+
+def test_niqe_column_when_niqe_is_present(tmp_path):
+    p = write_summary(tmp_path / "s" / "summary.csv", [
+        summary_row("Alpha", "a.pth", SHA_A, "Demo", "30.000000", "0.9", niqe="6.100000"),
+        summary_row("Beta", "b.pth", SHA_B, "Demo", "31.000000", "0.8", niqe="6.400000"),
+    ])
+    assert main([str(p), "--out", str(tmp_path / "out")]) == 0
+    assert "Demo NIQE ↓" in (tmp_path / "out" / "compare.md").read_text()
+    assert (tmp_path / "out" / "perception_distortion.png").is_file()
+
+
 def test_missing_column_is_exit_2_naming_the_file(tmp_path, caplog):
     cols = [c for c in SUMMARY_COLUMNS if c != "sha256"]
     p = write_summary(tmp_path / "bad.csv", [summary_row("Alpha", "a.pth", SHA_A, "Set5", "30")], cols)

@@ -14,9 +14,10 @@ import main_for_infer
 from Model import build_model
 from Utils.evaluate import dataset_name, link_benchmark_as_datasets2023, find_gt_folder, pair_images, results_folder_name
 from Utils.image_io import ImageError
+from Utils.niqe import shipped_params_path
 from tests.conftest import BENCHMARK, WEIGHTS, need
 
-NIQE_PARAMS = WEIGHTS / "perceptual" / "niqe_pris_params.npz"
+NIQE_PARAMS = shipped_params_path()
 
 # data/README.md, Set5 x4, Y unrounded, border 4.
 REFERENCE_SET5 = {

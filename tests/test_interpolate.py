@@ -91,3 +91,40 @@ def test_choose_cli_prints_the_choice_and_fails_in_one_line(tmp_path, capsys):
     assert main(base + ["t_a0.50.pth"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no row for t_a0.50.pth on Demo, train" in err
+
+
+def test_choose_never_picks_a_candidate_without_niqe(tmp_path, capsys):
+    """A NaN NIQE is no slack: before, pandas' min() skipped it and the candidate could win on PSNR alone."""
+    table = _summary()
+    table.loc[(table["checkpoint"] == "t_a0.70.pth") & (table["dataset"] == "train"), "niqe"] = float("nan")
+    table.loc[table["checkpoint"] == "t_a0.70.pth", "psnr"] += 5.0  # the best PSNR by far
+    names = ["t_a0.70.pth", "t_a0.80.pth"]
+    ranked = choose(table, "f.pth", names, ["Demo", "train"])
+    assert list(ranked["checkpoint"]) == ["t_a0.80.pth", "t_a0.70.pth"]
+    assert pd.isna(ranked.iloc[1]["worst_slack"]) and pd.isna(ranked.iloc[1]["niqe"])  # no partial mean
+    path = tmp_path / "summary.csv"
+    table.to_csv(path, index=False)
+    base = ["choose", str(path), "--fidelity", "f.pth", "--datasets", "Demo", "train", "--candidates"]
+    assert main(base + names) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == "chosen: t_a0.80.pth"
+    assert out[-2].startswith("cannot judge: NIQE unavailable for t_a0.70.pth (niqe is empty for train")
+
+
+@pytest.mark.parametrize("drop", ["nan", "column"])
+def test_choose_without_reference_niqe_chooses_nothing(tmp_path, capsys, drop):
+    table = _summary()
+    if drop == "nan":
+        table.loc[table["checkpoint"] == "f.pth", "niqe"] = float("nan")
+    else:
+        table = table.drop(columns=["niqe"])
+    path = tmp_path / "summary.csv"
+    table.to_csv(path, index=False)
+    assert main(["choose", str(path), "--fidelity", "f.pth", "--datasets", "Demo", "train",
+                 "--candidates", "t_a0.80.pth", "t_a0.90.pth"]) == 1
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert not any(line.startswith("chosen:") for line in lines)
+    judged = [line for line in lines if line.startswith("cannot judge: ")]
+    assert len(judged) == 2 and all("NIQE unavailable for " in line and "f.pth (" in line for line in judged)
+    assert "no candidate can be judged" in captured.err

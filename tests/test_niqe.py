@@ -8,9 +8,10 @@ from tests.conftest import BENCHMARK, WEIGHTS, need
 from Utils import niqe as niqe_mod
 from Utils.image_io import read_image
 from Utils.imresize import imresize
-from Utils.niqe import calculate_niqe, load_niqe_params
+from Utils.niqe import calculate_niqe, load_niqe_params, shipped_params_path
 
-PARAMS = WEIGHTS / "perceptual" / "niqe_pris_params.npz"
+PARAMS = shipped_params_path()
+SHARED_PARAMS = WEIGHTS / "perceptual" / "niqe_pris_params.npz"
 
 
 @pytest.fixture
@@ -109,6 +110,7 @@ def test_wrong_params_file_is_a_clear_error(baby: np.ndarray, tmp_path) -> None:
 def test_default_path_download_failure_names_the_url(baby: np.ndarray, tmp_path, monkeypatch) -> None:
     import torch.hub
 
+    monkeypatch.setattr(niqe_mod, "shipped_params_path", lambda: tmp_path / "absent" / "niqe_pris_params.npz")
     monkeypatch.setattr(niqe_mod, "default_params_path", lambda: tmp_path / "cache" / "niqe_pris_params.npz")
 
     def no_network(url, dst, *args, **kwargs):
@@ -124,6 +126,7 @@ def test_default_path_uses_downloaded_file(baby: np.ndarray, params_path, tmp_pa
 
     import torch.hub
 
+    monkeypatch.setattr(niqe_mod, "shipped_params_path", lambda: tmp_path / "absent" / "niqe_pris_params.npz")
     monkeypatch.setattr(niqe_mod, "default_params_path", lambda: tmp_path / "cache" / "niqe_pris_params.npz")
     calls = []
 
@@ -141,3 +144,34 @@ def test_default_path_uses_downloaded_file(baby: np.ndarray, params_path, tmp_pa
 def test_too_small_image(params_path) -> None:
     with pytest.raises(ValueError, match="96x96"):
         calculate_niqe(np.zeros((150, 150, 3), dtype=np.uint8), 0, params_path)
+
+
+def test_shipped_params_are_the_published_file() -> None:
+    """The copy in Utils/assets/ is BasicSR's file: its SHA-256 is the one the download entry checks."""
+    import hashlib
+
+    from Utils.download import CATALOGUE
+
+    assert PARAMS.is_file(), f"{PARAMS} is missing: it ships with the project (see Utils/assets/README.md)"
+    digest = hashlib.sha256(PARAMS.read_bytes()).hexdigest()
+    assert digest == niqe_mod.NIQE_PARAMS_SHA256 == CATALOGUE["NIQE"].sha256
+    assert niqe_mod.NIQE_PARAMS_SHA256 in (PARAMS.parent / "README.md").read_text()
+
+
+def test_shipped_params_equal_the_shared_copy() -> None:
+    assert PARAMS.read_bytes() == need(SHARED_PARAMS).read_bytes()
+
+
+def test_default_is_the_shipped_file_without_network(baby: np.ndarray, tmp_path, monkeypatch) -> None:
+    """No path, an empty cache and no network: NIQE runs on the shipped parameters, nothing is fetched."""
+    import torch.hub
+
+    monkeypatch.setattr(niqe_mod, "default_params_path", lambda: tmp_path / "cache" / "niqe_pris_params.npz")
+
+    def no_network(url, dst, *args, **kwargs):
+        raise AssertionError(f"a download was attempted: {url}")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    assert load_niqe_params(None) is load_niqe_params(PARAMS)
+    assert calculate_niqe(baby, 4) == pytest.approx(calculate_niqe(baby, 4, PARAMS), abs=1e-12)
+    assert not (tmp_path / "cache").exists()

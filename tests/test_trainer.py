@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import BENCHMARK, REPO, SHARED_DATA, WEIGHTS, need
+from tests.conftest import BENCHMARK, REPO, SHARED_DATA, need
 
 T91 = SHARED_DATA / "train" / "T91"
 SET5 = BENCHMARK / "Set5"
@@ -36,9 +36,8 @@ def _env(**extra: str) -> dict:
     env = os.environ.copy()
     env.pop("DTKD_TEST_KILL_AT_ITER", None)
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    niqe = WEIGHTS / "perceptual" / "niqe_pris_params.npz"
-    if niqe.is_file():  # main_for_infer measures NIQE; never let it try a download in a test
-        env.setdefault("DTKD_NIQE_PARAMS", str(niqe))
+    # main_for_infer measures NIQE with the shipped parameters; never let it try a download in a test
+    env.setdefault("DTKD_NIQE_PARAMS", str(REPO / "Utils" / "assets" / "niqe_pris_params.npz"))
     env.update(extra)
     return env
 
