@@ -55,7 +55,7 @@ if [ "$MODE" = "quick" ]; then
     step "perceptual teacher: EdgeSRN stage 1, L1 pre-training ($T_ITERS iterations)"
     $PY main.py --model_name "$T2_MODEL" --name demo_edgesrn_l1 --iters "$T_ITERS" --test_every "$T_ITERS" \
       --lr 1e-3 "${TRAIN[@]}" "${COMMON[@]}"
-    # the T91 teacher's stage 2 (README, "Where this leaves the method"): L1 + edge + a discriminator learned
+    # the T91 teacher's stage 2 (docs/results.md, "Where this leaves the method"): L1 + edge + a discriminator learned
     # from scratch (the VGG term is off without its weights), the lr cut to a tenth for the last 300 of 1600
     S2=$((T_ITERS * 4 / 5)); CUT=$((S2 * 13 / 16))
     step "perceptual teacher: EdgeSRN stage 2, L1 + edge + adversarial ($S2 iterations, lr / 10 after $CUT)"
@@ -72,7 +72,7 @@ if [ "$MODE" = "quick" ]; then
 
   step "DTKD student: RFDN with IMDN + EdgeSRN, entropy routing, error+trust attention, adversarial transfer ($ITERS iterations)"
   # F's pixels for every sample; on texture-rich ones a discriminator learned from scratch tells the student
-  # from P (--Rate_adv, README "DTKD: the method"; the fine-tuning study's arm dtkd_adv)
+  # from P (--Rate_adv, docs/method.md, "DTKD: the method"; the fine-tuning study's arm dtkd_adv)
   $PY main.py --model_name RFDN --name demo_rfdn_dtkd --iters "$ITERS" --test_every "$EVERY" --lr 1e-3 \
     --train_by_TT True --t1_model_name IMDN --t1_checkpoint "$T1" --t2_model_name "$T2_MODEL" --t2_checkpoint "$T2" \
     --entropy_gate auto --loss_attn both --Rate_l1 1 --Rate_kd 1 --Rate_lpts 0 \

@@ -49,7 +49,8 @@ def _scan(folder: Path) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m Model``."""
     parser = argparse.ArgumentParser(prog="python -m Model", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("models", nargs="*", help="presets to show (default: all)")
@@ -57,7 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=int, default=4, choices=(2, 3, 4), help="scale of the preset table")
     parser.add_argument("--width", type=int, default=1280, help="output width for Multi-Adds")
     parser.add_argument("--height", type=int, default=720, help="output height for Multi-Adds")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return _scan(args.scan) if args.scan else _table(args)

@@ -104,11 +104,16 @@ def build_demo_data(out: PathLike = "demo_data") -> dict[str, Path]:
     return paths
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m Utils.demo_data``."""
+    parser = argparse.ArgumentParser(prog="python -m Utils.demo_data", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="demo_data", help="output folder (default: demo_data)")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command line: build the demo data and print where it is."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="demo_data", help="output folder (default: demo_data)")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for key, path in build_demo_data(args.out).items():
         print(f"{key:10s} {path}")

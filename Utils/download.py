@@ -800,7 +800,8 @@ def _parse_overrides(values: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m Utils.download``."""
     p = argparse.ArgumentParser(
         prog="python -m Utils.download",
         description="Download DTKD datasets and checkpoints (resumable, sha256-verified).",
@@ -821,7 +822,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point; returns the exit status (0 ok, 1 something unavailable, 2 usage)."""
-    args = _build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     try:

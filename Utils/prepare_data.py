@@ -324,7 +324,8 @@ class _NameAction(argparse.Action):
         pairs[-1][1] = values
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m Utils.prepare_data``."""
     p = argparse.ArgumentParser(
         prog="python -m Utils.prepare_data",
         description="Build Datasets2023 test sets (GT, GTmod12, GTmod12_LRx4) and DIV2K LR images "
@@ -352,7 +353,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry point; returns the exit status (1 on any mismatch or failure, 2 on bad usage)."""
-    parser = _build_parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")

@@ -10,7 +10,7 @@
 #                1300 (seed SEED)                                                about 17-22 min
 # then evaluates the final weights (no checkpoint is chosen) and the published IMDN on Set14 and Set5 and
 # prints the criterion's verdict on Set14: NIQE at least 0.5 below IMDN's, PSNR at most 1.5 dB below.
-# Measured (session 6): Set14 27.134 / 5.511 (seed 0, PASS), 27.091 / 5.459 (seed 1, PASS),
+# Measured (eighth round of studies/pilots.md, 2026-12-01): Set14 27.134 / 5.511 (seed 0, PASS), 27.091 / 5.459 (seed 1, PASS),
 # 27.263 / 5.791 (seed 2, FAIL by 0.005 NIQE), 27.057 / 5.341 (seed 3, FAIL by 0.025 dB), 27.127 / 5.523
 # (seed 4, PASS); IMDN 28.582 / 6.285.
 # Every run resumes where it stopped (--auto_resume). Environment: DATA (default ../shared/data),

@@ -51,7 +51,7 @@ def _summary(path: Path) -> list[dict]:
 @pytest.mark.parametrize("scale,mod,psnr,ssim", [
     (2, 2, 38.00, 0.9605),   # IMDN paper, Set5 x2
     (3, 3, 34.36, 0.9270),   # IMDN paper, Set5 x3
-    (2, 12, 37.96, 0.9608),  # the seed's GTmod12 crop: not the paper's test set (documented in the README)
+    (2, 12, 37.96, 0.9608),  # the seed's GTmod12 crop: not the paper's test set (documented in docs/models.md)
 ])
 def test_imdn_reproduces_the_paper_on_set5(tmp_path, scale, mod, psnr, ssim):
     """``prepare_data --scale S --mod S`` then ``main_for_infer --model_name IMDN --checkpoint IMDN_xS.pth --scale S``."""
@@ -200,7 +200,7 @@ def test_ambiguous_file_lists_the_candidates(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- BasicSR RRDBNet layout
 
 def to_basicsr(state_dict: dict) -> dict:
-    """Our (original ESRGAN) names -> BasicSR's RRDBNet names, as the README documents the renaming."""
+    """Our (original ESRGAN) names -> BasicSR's RRDBNet names, as docs/models.md documents the renaming."""
     renames = [(r"^RRDB_trunk\.(\d+)\.RDB(\d)\.", r"body.\1.rdb\2."), (r"^trunk_conv\.", "conv_body."),
                (r"^upconv1\.", "conv_up1."), (r"^upconv2\.", "conv_up2."), (r"^HRconv\.", "conv_hr.")]
     out = {}
