@@ -148,11 +148,13 @@ def chunked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chunk: 
     through one fused ``scaled_dot_product_attention`` call (memory-efficient on CPU and GPU).
     """
     b, n, h, d = q.shape
-    n_full = n // chunk
-    rest = n - n_full * chunk
+    # the runs before the last, then the last (1 to ``chunk`` tokens): never an empty run, so that an
+    # export with symbolic sizes (ONNX) holds no zero-length tensor whatever the image size
+    n_full = (n - 1) // chunk
+    last = n - n_full * chunk
     outs = []
-    for start, count, length in ((0, n_full, chunk), (n_full * chunk, 1, rest)):
-        if count == 0 or length == 0:
+    for start, count, length in ((0, n_full, chunk), (n_full * chunk, 1, last)):
+        if count == 0:
             continue
         o = F.scaled_dot_product_attention(
             _runs_to_batch(q, start, count, length),
