@@ -9,7 +9,8 @@ with the student and saved in the checkpoints (``objective``).
 Files in ``<experiments_root>/<name>/``: ``config.yaml``, ``log.csv`` (one row per iteration,
 each loss term separately), ``curves.png``, ``checkpoints/latest.pth`` and ``checkpoints/best.pth``
 (everything needed to resume exactly), ``weights/final.pth`` and ``weights/best.pth`` (plain
-state dicts that ``get_model(..., checkpoint=...)`` loads).
+state dicts that ``get_model(..., checkpoint=...)`` loads), and ``weights/iter_<N>.pth`` for each
+``--snapshots`` iteration (a run's trajectory, for studies' ``eval_marks``).
 """
 from __future__ import annotations
 
@@ -42,6 +43,11 @@ TIMING_LOG_COLUMNS = ("imgs_per_s", "elapsed")
 
 class TrainingError(RuntimeError):
     """A problem that stops training, with a one-line message."""
+
+
+def snapshot_path(exp_dir: Path, iteration: int) -> Path:
+    """Where ``--snapshots`` keeps the weights of one iteration: ``<run>/weights/iter_<N>.pth``."""
+    return Path(exp_dir) / "weights" / f"iter_{iteration}.pth"
 
 
 # ----------------------------------------------------------------------------- small pieces
@@ -132,6 +138,7 @@ class Trainer:
 
     def __init__(self, cfg: dict):
         self.cfg = cfg
+        self._snapshots = set(cfg.get("snapshots") or ())
         self.rank, self.world, self.local_rank = _dist_info()
         self.is_main = self.rank == 0
         self.distributed = self.world > 1
@@ -604,6 +611,9 @@ class Trainer:
                     bar.set_postfix({k: f"{row[k]:.4g}" for k in ["total", *self.objective.term_names[:3]]
                                      if isinstance(row.get(k), float)})
                     bar.update(1)
+                if self.iteration in self._snapshots and self.is_main:
+                    # before latest.pth: a run resumed past this iteration always has its snapshot
+                    atomic_save(self.export_weights(), snapshot_path(self.exp_dir, self.iteration))
                 if save_now:
                     self.save(best=improved)
                 if stop_nonfinite:

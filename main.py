@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--resume", default=None, help="checkpoints/latest.pth to resume from")
     a("--auto_resume", action="store_true", help="resume from <experiments_root>/<name>/checkpoints/latest.pth")
     a("--save_every", type=int, default=500)
+    a("--snapshots", type=int, nargs="+", default=[],
+      help="iterations whose weights (the EMA's when on) are also kept as weights/iter_<N>.pth, to evaluate "
+           "the run's trajectory later (studies' eval_marks); training is unchanged")
     a("--max_nonfinite", type=int, default=20, help="stop after this many non-finite losses in a row")
     a("--tensorboard", action="store_true")
     a("--quiet", action="store_true", help="no progress bar")
@@ -127,9 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     a("--Rate_adv", type=float, default=0.0,
       help="ours: weight of an adversarial term (relativistic patch GAN; the discriminator is learned from "
            "scratch, no pretrained network); DTKD: on texture-rich samples")
-    a("--adv_real", default="auto", choices=["auto", "gt", "teacher"],
+    a("--adv_real", default="auto", choices=["auto", "gt", "teacher", "both"],
       help="what the discriminator learns as real: the ground truth, or (DTKD) the perceptual teacher's "
-           "outputs; auto: the teacher when there is one, else the ground truth")
+           "outputs, or both; auto: the teacher when there is one, else the ground truth")
+    a("--adv_trust", type=str2bool, default=False,
+      help="ours (DTKD): weight the student's adversarial term per discriminator patch by the fraction of "
+           "pixels where P is closer to the ground truth than the student (realism only where P is trusted)")
     a("--adv_lr", type=float, default=1e-4, help="the discriminator's Adam learning rate")
     a("--adv_channels", type=int, default=64, help="the discriminator's width at full resolution")
     a("--adv_start", type=int, default=0,
@@ -185,6 +191,9 @@ def parse_config(argv: Optional[Sequence[str]] = None) -> dict:
                      ("patch_size", 1), ("scale", 1), ("adv_start", 0)):
         if cfg[key] < low:
             parser.error(f"--{key} must be at least {low}, got {cfg[key]}")
+    bad = [n for n in cfg["snapshots"] if not 1 <= n <= cfg["iters"]]
+    if bad:
+        parser.error(f"--snapshots: {bad[0]} is not an iteration of this run (1..{cfg['iters']})")
     if cfg["train_lr"] is not None and cfg["train_hr"] is not None and len(cfg["train_lr"]) != len(cfg["train_hr"]):
         parser.error(f"--train_lr: {len(cfg['train_lr'])} folders for {len(cfg['train_hr'])} --train_hr folders")
     if cfg["Rate_adv"] > 0 and cfg["adv_start"] >= cfg["iters"]:

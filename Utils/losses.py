@@ -43,7 +43,7 @@ PathLike = Union[str, Path]
 
 __all__ = [
     "l1_loss", "edge_map", "edge_loss", "backprojection_loss", "error_attention_l1",
-    "trust_attention_l1", "kd_loss", "rgb_to_y", "KD_ATTN_CHOICES", "EDGE_KINDS", "TEXTURE_KINDS",
+    "trust_attention_l1", "trust_map", "kd_loss", "rgb_to_y", "KD_ATTN_CHOICES", "EDGE_KINDS", "TEXTURE_KINDS",
     "image_gradients", "image_laplacian", "mscn_features", "texture_loss", "unsharp_mask",
     "VGG19_URL", "VGG19_LAYERS", "VGGFeatureExtractor", "PerceptualLoss", "PerceptualWeightsError",
 ]
@@ -401,6 +401,16 @@ def trust_attention_l1(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
         diff = (s32 - t32).abs()
         per_sample = torch.where(trust, diff, torch.zeros_like(diff)).flatten(1).mean(dim=1)
         return _masked_mean(per_sample, _weights(sample_mask, s.shape[0], s))
+
+
+def trust_map(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Where the teacher is trusted: ``[mean_c |T - y| < mean_c |S - y|]`` per pixel, an N x 1 x H x W
+    float map in {0, 1} without gradient (trust attention's criterion on whole pixels)."""
+    _check_pair(s, t, "trust_map")
+    _check_pair(s, y, "trust_map")
+    with torch.no_grad(), _no_autocast(s):
+        s32, t32, y32 = _f32(s), _f32(t), _f32(y)
+        return ((t32 - y32).abs().mean(dim=1, keepdim=True) < (s32 - y32).abs().mean(dim=1, keepdim=True)).float()
 
 
 def kd_loss(s: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor] = None, attn: str = "none",

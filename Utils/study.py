@@ -65,21 +65,21 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from Utils.compare import save_atomic, write_text_atomic
+from Utils.front import CONFIDENCE, front_summary, mean_curves, t_interval
 
 log = logging.getLogger("study")
 PathLike = Union[str, Path]
 REPO = Path(__file__).resolve().parent.parent
 
 STUDY_KEYS = {"name", "description", "out", "cache", "seeds", "baseline", "defaults", "arms", "test_folders",
-              "test_gt", "metrics", "niqe_params", "workers", "threads", "extends", "only_arms"}
+              "test_gt", "metrics", "niqe_params", "workers", "threads", "extends", "only_arms",
+              "references", "line", "origin", "control", "eval_marks"}
 NOT_INHERITED = {"name", "out", "extends"}  # a study that extends another writes its own results
-RUNNER_FLAGS = {"name", "experiments_root", "seed", "auto_resume", "resume", "quiet", "config", "Train"}
+RUNNER_FLAGS = {"name", "experiments_root", "seed", "auto_resume", "resume", "quiet", "config", "Train", "snapshots"}
 METRICS = ("psnr", "ssim", "niqe", "lpips")
 LOWER_IS_BETTER = {"niqe", "lpips"}
-CONFIDENCE = 0.95
 
 
 class StudyError(ValueError):
@@ -98,6 +98,11 @@ class Run:
     exp_dir: Path
     eval_dir: Path
     model_name: str
+    iters: int = 0
+
+    def mark_dir(self, mark: int) -> Path:
+        """Where the evaluation of the weights at iteration ``mark`` goes."""
+        return self.eval_dir / "marks" / f"iter_{mark}"
 
     @property
     def run_id(self) -> str:
@@ -129,6 +134,12 @@ class Study:
     workers: int
     threads: int
     runs: list[Run] = field(default_factory=list)
+    cache: Optional[Path] = None
+    references: dict[str, dict] = field(default_factory=dict)  # name -> {model_name, checkpoint}
+    line: Optional[tuple[str, str]] = None
+    origin: Optional[str] = None
+    control: Optional[str] = None
+    eval_marks: list[int] = field(default_factory=list)
 
 
 def _flag_argv(key: str, value: Any, action: argparse.Action) -> list[str]:
@@ -290,7 +301,8 @@ def load_study(path: PathLike) -> Study:
     study = Study(path=path, name=name, out=out, seeds=list(seeds), baseline=baseline, arms=arms,
                   test_folders=test_folders, test_gt=test_gt, metrics=metrics,
                   niqe_params=Path(str(niqe)) if niqe is not None else None,
-                  workers=positive_int("workers", os.cpu_count() or 1), threads=positive_int("threads", 1))
+                  workers=positive_int("workers", os.cpu_count() or 1), threads=positive_int("threads", 1),
+                  cache=cache, **_front_keys(data, path, arms))
 
     for arm, flags in arms.items():
         merged = {**defaults, **flags}
@@ -318,8 +330,50 @@ def load_study(path: PathLike) -> Study:
                 ns = parser.parse_args(argv)
             except ValueError as exc:
                 raise StudyError(f"{path}: arms.{arm}: {exc}") from None
-            study.runs.append(Run(arm, seed, argv, out / "exp" / run_id, out / "eval" / run_id, ns.model_name))
+            study.runs.append(Run(arm, seed, argv, out / "exp" / run_id, out / "eval" / run_id, ns.model_name,
+                                  ns.iters))
+            late = [m for m in study.eval_marks if m > ns.iters]
+            if late:
+                raise StudyError(f"{path}: eval_marks: {late[0]} is past arm {arm}'s last iteration ({ns.iters})")
     return study
+
+
+def _front_keys(data: dict, path: Path, arms: dict) -> dict:
+    """``references``, ``line``, ``origin``, ``control`` and ``eval_marks``, checked (see the module docstring)."""
+    refs_raw = data.get("references") or {}
+    if not isinstance(refs_raw, dict):
+        raise StudyError(f"{path}: references: expected a mapping of names to {{model_name, checkpoint}}")
+    refs = {}
+    for name, spec in refs_raw.items():
+        if isinstance(spec, str):
+            spec = {"checkpoint": spec}
+        if not isinstance(name, str) or not isinstance(spec, dict) or "checkpoint" not in spec:
+            raise StudyError(f"{path}: references.{name}: expected {{model_name, checkpoint}}, got {spec!r}")
+        unknown = sorted(set(spec) - {"model_name", "checkpoint"})
+        if unknown:
+            raise StudyError(f"{path}: references.{name}.{unknown[0]}: unknown key (model_name, checkpoint)")
+        if not Path(str(spec["checkpoint"])).is_file():
+            raise StudyError(f"{path}: references.{name}.checkpoint: {spec['checkpoint']}: no such file")
+        if name in arms:
+            raise StudyError(f"{path}: references.{name}: also an arm's name; use another")
+        refs[name] = {"model_name": str(spec.get("model_name", "auto")), "checkpoint": str(spec["checkpoint"])}
+    line = data.get("line")
+    if line is not None:
+        if not isinstance(line, list) or len(line) != 2 or any(x not in refs for x in line) or line[0] == line[1]:
+            raise StudyError(f"{path}: line: expected two different references' names, got {line!r} "
+                             f"(references: {', '.join(refs) or 'none'})")
+        line = (line[0], line[1])
+    origin = data.get("origin")
+    if origin is not None and origin not in refs:
+        raise StudyError(f"{path}: origin: {origin!r} is not a reference ({', '.join(refs) or 'none'})")
+    control = data.get("control")
+    if control is not None and control not in arms:
+        raise StudyError(f"{path}: control: {control!r} is not an arm ({', '.join(arms)})")
+    marks = data.get("eval_marks") or []
+    if (not isinstance(marks, list) or any(not isinstance(m, int) or isinstance(m, bool) or m < 1 for m in marks)
+            or len(set(marks)) != len(marks)):
+        raise StudyError(f"{path}: eval_marks: expected a list of distinct positive iterations, got {marks!r}")
+    return {"references": refs, "line": line, "origin": origin, "control": control, "eval_marks": sorted(marks)}
 
 
 # ----------------------------------------------------------------------------- running
@@ -337,11 +391,12 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=True))
 
 
-def _run_logged(cmd: list[str], log_path: Path, env: dict, lock_fd: int) -> int:
+def _run_logged(cmd: list[str], log_path: Path, env: dict, lock_fd: Optional[int]) -> int:
     with open(log_path, "ab") as out:
         out.write(f"\n$ {' '.join(cmd)}\n".encode())
         out.flush()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, pass_fds=(lock_fd,),
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                pass_fds=(lock_fd,) if lock_fd is not None else (),
                                 stdin=subprocess.DEVNULL)
         return proc.wait()
 
@@ -380,6 +435,7 @@ def execute_run(study: Study, run: Run) -> dict:
             fcntl.flock(fd, fcntl.LOCK_EX)
         done = read_result(run)
         if done is not None:
+            evaluate_marks(study, run, done, env=_child_env(study.threads), lock_fd=fd)
             return done
         _check_started_flags(run)
         _write_json_atomic(run.exp_dir / "study_run.json",
@@ -389,38 +445,71 @@ def execute_run(study: Study, run: Run) -> dict:
         final = run.exp_dir / "weights" / "final.pth"
         t0 = time.perf_counter()
         if not final.is_file():
-            rc = _run_logged([sys.executable, str(REPO / "main.py"), *run.argv], run.exp_dir / "stdout.log", env, fd)
+            # snapshots for eval_marks: not part of the run's flags (they do not change its training)
+            snaps = [str(m) for m in study.eval_marks if m < run.iters]
+            cmd = [sys.executable, str(REPO / "main.py"), *run.argv, *(["--snapshots", *snaps] if snaps else [])]
+            rc = _run_logged(cmd, run.exp_dir / "stdout.log", env, fd)
             if rc != 0 or not final.is_file():
                 raise RuntimeError(f"training exited with status {rc}; see {run.exp_dir / 'stdout.log'}")
         t_train = time.perf_counter() - t0
-        cmd = [sys.executable, str(REPO / "main_for_infer.py"), "--model_name", run.model_name, "--checkpoint",
-               str(final), "--output_folder", str(run.eval_dir), "--no_save", "--quiet",
-               "--test_folder", *map(str, study.test_folders)]
-        if study.test_gt:
-            cmd += ["--gt_folder", *map(str, study.test_gt)]
-        if "niqe" not in study.metrics:
-            cmd.append("--no_niqe")
-        elif study.niqe_params is not None:
-            cmd += ["--niqe_params", str(study.niqe_params)]
-        if "lpips" in study.metrics:
-            cmd.append("--lpips")
-        if "--cpu" in run.argv:
-            cmd.append("--cpu")
         t1 = time.perf_counter()
-        rc = _run_logged(cmd, run.eval_dir / "stdout.log", env, fd)
-        summary = run.eval_dir / "summary.csv"
-        if rc != 0 or not summary.is_file():
-            raise RuntimeError(f"evaluation exited with status {rc}; see {run.eval_dir / 'stdout.log'}")
-        rows = pd.read_csv(summary).to_dict("records")
+        rows = _evaluate(study, run.model_name, final, run.eval_dir, env, fd, cpu="--cpu" in run.argv)
         train_log = run.exp_dir / "log.csv"
         elapsed = float(pd.read_csv(train_log)["elapsed"].dropna().iloc[-1]) if train_log.is_file() else math.nan
         result = {"arm": run.arm, "seed": run.seed, "flags_hash": run.flags_hash, "rows": rows,
                   "train_seconds": elapsed, "wall_train_seconds": t_train,
                   "eval_seconds": time.perf_counter() - t1, "weights": str(final)}
         _write_json_atomic(run.result_path, result)  # last: its presence means "finished"
+        evaluate_marks(study, run, result, env=env, lock_fd=fd)
         return result
     finally:
         os.close(fd)
+
+
+def _evaluate(study: Study, model_name: str, checkpoint: Path, out_dir: Path, env: dict, lock_fd: Optional[int],
+              cpu: bool) -> list[dict]:
+    """``main_for_infer.py`` on the study's test sets (the project's one evaluation engine): its summary rows."""
+    cmd = [sys.executable, str(REPO / "main_for_infer.py"), "--model_name", model_name, "--checkpoint",
+           str(checkpoint), "--output_folder", str(out_dir), "--no_save", "--quiet",
+           "--test_folder", *map(str, study.test_folders)]
+    if study.test_gt:
+        cmd += ["--gt_folder", *map(str, study.test_gt)]
+    if "niqe" not in study.metrics:
+        cmd.append("--no_niqe")
+    elif study.niqe_params is not None:
+        cmd += ["--niqe_params", str(study.niqe_params)]
+    if "lpips" in study.metrics:
+        cmd.append("--lpips")
+    if cpu:
+        cmd.append("--cpu")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = out_dir / "summary.csv"
+    summary.unlink(missing_ok=True)  # a summary left by an interrupted evaluation is not this one's
+    rc = _run_logged(cmd, out_dir / "stdout.log", env, lock_fd)
+    if rc != 0 or not summary.is_file():
+        raise RuntimeError(f"evaluation of {checkpoint} exited with status {rc}; see {out_dir / 'stdout.log'}")
+    return pd.read_csv(summary).to_dict("records")
+
+
+def evaluate_marks(study: Study, run: Run, result: dict, env: dict, lock_fd: Optional[int]) -> None:
+    """Evaluate the run's weights at each of the study's ``eval_marks`` not evaluated yet (each mark's
+    ``result.json`` is written last and atomically; the last iteration's is the run's own result)."""
+    from Trainer import snapshot_path
+
+    for mark in study.eval_marks:
+        if mark >= run.iters:
+            continue
+        done = run.mark_dir(mark) / "result.json"
+        if done.is_file():
+            continue
+        weights = snapshot_path(run.exp_dir, mark)
+        if not weights.is_file():
+            log.warning("%s: no weights at iteration %d (%s): the run was trained without this mark; delete %s "
+                        "and %s to retrain it", run.run_id, mark, weights, run.exp_dir, run.eval_dir)
+            continue
+        rows = _evaluate(study, run.model_name, weights, run.mark_dir(mark), env, lock_fd, cpu="--cpu" in run.argv)
+        _write_json_atomic(done, {"arm": run.arm, "seed": run.seed, "mark": mark, "flags_hash": run.flags_hash,
+                                  "rows": rows, "weights": str(weights)})
 
 
 def run_study(study: Study, progress: bool = True) -> list[str]:
@@ -452,6 +541,74 @@ def run_study(study: Study, progress: bool = True) -> list[str]:
     return failed
 
 
+def evaluate_pending_marks(study: Study) -> None:
+    """Evaluate the missing ``eval_marks`` of finished runs (a study whose marks were extended)."""
+    for run in study.runs:
+        result = read_result(run)
+        if result is None or all((run.mark_dir(m) / "result.json").is_file()
+                                 for m in study.eval_marks if m < run.iters):
+            continue
+        fd = os.open(run.exp_dir.parent / f".{run.run_id}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            evaluate_marks(study, run, result, env=_child_env(study.threads), lock_fd=fd)
+        finally:
+            os.close(fd)
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def evaluate_references(study: Study) -> pd.DataFrame:
+    """Each reference checkpoint evaluated once by the same engine as the runs (cached in the study's
+    cache folder under a key of its file's contents, preset and the test sets); one row per reference
+    and test set: name, dataset, the metrics."""
+    rows = []
+    cpu = any("--cpu" in r.argv for r in study.runs)
+    for name, spec in study.references.items():
+        ckpt = Path(spec["checkpoint"])
+        key = hashlib.sha256(json.dumps([spec["model_name"], _file_digest(ckpt), [str(f) for f in study.test_folders],
+                                         [str(g) for g in study.test_gt or []], study.metrics,
+                                         str(study.niqe_params)]).encode()).hexdigest()[:16]
+        where = Path(study.cache or study.out / "cache") / "references" / f"{name}_{key}"
+        done = where / "result.json"
+        if done.is_file():
+            result = json.loads(done.read_text())
+        else:
+            log.info("reference %s: evaluating %s", name, ckpt)
+            result = {"name": name, "checkpoint": str(ckpt), "model_name": spec["model_name"],
+                      "rows": _evaluate(study, spec["model_name"], ckpt, where, _child_env(study.threads), None, cpu)}
+            _write_json_atomic(done, result)
+        for r in result["rows"]:
+            rows.append({"name": name, "dataset": r["dataset"], **{m: r.get(m, math.nan) for m in study.metrics}})
+    return pd.DataFrame(rows, columns=["name", "dataset", *study.metrics])
+
+
+def collect_marks(study: Study) -> pd.DataFrame:
+    """One row per finished run, evaluated mark and test set (the last iteration is the run's result):
+    arm, seed, mark, dataset, the metrics."""
+    rows = []
+    for run in study.runs:
+        res = read_result(run)
+        if res is None:
+            continue
+        found = [(run.iters, res["rows"])]
+        for m in study.eval_marks:
+            p = run.mark_dir(m) / "result.json"
+            if m < run.iters and p.is_file():
+                found.append((m, json.loads(p.read_text())["rows"]))
+        for mark, rs in sorted(found, key=lambda x: x[0]):
+            for r in rs:
+                rows.append({"arm": run.arm, "seed": run.seed, "mark": mark, "dataset": r["dataset"],
+                             **{m: r.get(m, math.nan) for m in study.metrics}})
+    return pd.DataFrame(rows, columns=["arm", "seed", "mark", "dataset", *study.metrics])
+
+
 # ----------------------------------------------------------------------------- statistics
 
 def collect_runs(study: Study) -> pd.DataFrame:
@@ -466,18 +623,6 @@ def collect_runs(study: Study) -> pd.DataFrame:
                          **{m: r.get(m, math.nan) for m in study.metrics},
                          "train_seconds": res["train_seconds"], "eval_seconds": res["eval_seconds"]})
     return pd.DataFrame(rows, columns=["arm", "seed", "dataset", *study.metrics, "train_seconds", "eval_seconds"])
-
-
-def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float, int]:
-    """(mean, half-width of the Student-t interval, n); the half-width is NaN for fewer than two values."""
-    x = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=np.float64)
-    n = len(x)
-    if n == 0:
-        return math.nan, math.nan, 0
-    if n < 2:
-        return float(x.mean()), math.nan, 1
-    half = stats.t.ppf(0.5 + confidence / 2, n - 1) * x.std(ddof=1) / math.sqrt(n)
-    return float(x.mean()), float(half), n
 
 
 def summarize(runs: pd.DataFrame, baseline: str, metrics: Sequence[str],
@@ -543,11 +688,19 @@ def summary_markdown(summary: pd.DataFrame, baseline: str, metrics: Sequence[str
             f"(arm − {baseline}, same seeds), * where its interval excludes zero.")
     if descriptions:
         note += "\n\n" + "\n".join(f"- `{a}`: {d}" for a, d in descriptions.items())
+    missing = [f"cannot judge: {_TITLES[m].split()[0]} unavailable for {r['arm']} on {r['dataset']} (no value in any "
+               f"run: see the runs' evaluation logs)" for _, r in summary.iterrows() for m in metrics
+               if math.isnan(r[f"{m}_mean"])]
+    if missing:
+        note += "\n\n" + "\n".join(missing)
     return "\n\n".join(parts) + "\n\n" + note + "\n"
 
 
-def plot_summary(summary: pd.DataFrame, path: PathLike, title: str = "") -> Path:
-    """Perception-distortion plane per test set: PSNR (x) against NIQE (or LPIPS, or SSIM) with 95% error bars."""
+def plot_summary(summary: pd.DataFrame, path: PathLike, title: str = "", refs: Optional[pd.DataFrame] = None,
+                 curves: Optional[pd.DataFrame] = None, line: Optional[tuple[str, str]] = None) -> Path:
+    """Perception-distortion plane per test set: PSNR (x) against NIQE (or LPIPS, or SSIM) with 95% error
+    bars; with ``refs`` the references as labelled black markers, ``line`` the dashed line through two of
+    them, ``curves`` each arm's mean trajectory over its evaluated marks."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -556,7 +709,7 @@ def plot_summary(summary: pd.DataFrame, path: PathLike, title: str = "") -> Path
     ycol = next((m for m in ("niqe", "lpips", "ssim") if f"{m}_mean" in summary
                  and summary[f"{m}_mean"].notna().any()), "ssim")
     datasets = list(dict.fromkeys(summary["dataset"]))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(5.2 * len(datasets), 4.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5.6 * len(datasets), 4.6), squeeze=False)
     arms = list(dict.fromkeys(summary["arm"]))
     colors = plt.get_cmap("tab10")
     for ax, dataset in zip(axes[0], datasets):
@@ -566,8 +719,27 @@ def plot_summary(summary: pd.DataFrame, path: PathLike, title: str = "") -> Path
             if r.empty:
                 continue
             r = r.iloc[0]
+            if curves is not None and ycol in curves:
+                c = curves[(curves["arm"] == arm) & (curves["dataset"] == dataset)].sort_values("mark")
+                if len(c) > 1:
+                    ax.plot(c["psnr"], c[ycol], "-", lw=1, marker=".", ms=4, color=colors(i % 10), alpha=0.7)
             ax.errorbar(r["psnr_mean"], r[f"{ycol}_mean"], xerr=np.nan_to_num(r["psnr_ci"]),
                         yerr=np.nan_to_num(r[f"{ycol}_ci"]), fmt="o", capsize=3, color=colors(i % 10), label=arm)
+        if refs is not None and ycol in refs:
+            rd = refs[refs["dataset"] == dataset]
+            for _, r in rd.iterrows():
+                ax.plot(r["psnr"], r[ycol], "kD", ms=5)
+                ax.annotate(str(r["name"]), (r["psnr"], r[ycol]), textcoords="offset points", xytext=(4, 4),
+                            fontsize=8)
+            pts = [rd[rd["name"] == n] for n in line or ()]
+            if line and all(not p.empty for p in pts):
+                (x0, y0), (x1, y1) = [(float(p["psnr"].iloc[0]), float(p[ycol].iloc[0])) for p in pts]
+                if x1 != x0:
+                    lo, hi = ax.get_xlim()
+                    xs = np.array([lo, hi])
+                    ax.plot(xs, y0 + (xs - x0) * (y1 - y0) / (x1 - x0), "--", color="0.5", lw=1,
+                            label=f"line {line[0]}–{line[1]}")
+                    ax.set_xlim(lo, hi)
         ax.set_xlabel("PSNR (dB, Y) →")
         ax.set_ylabel(f"{_TITLES[ycol]}" + ("" if ycol in LOWER_IS_BETTER else " →"))
         ax.set_title(f"{title} {dataset}".strip())
@@ -578,6 +750,61 @@ def plot_summary(summary: pd.DataFrame, path: PathLike, title: str = "") -> Path
     save_atomic(lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"), path)
     plt.close(fig)
     return path
+
+
+def front_markdown(front: pd.DataFrame, refs: pd.DataFrame, study: Study) -> str:
+    """The references' rows, and per test set each arm's margin above the line and its difference to the
+    control at matched NIQE; a line for every figure that cannot be judged (NIQE unavailable)."""
+    parts = []
+    metrics = [m for m in study.metrics if m in refs]
+    if not refs.empty:
+        head = ["reference", "test set", *[_TITLES[m] for m in metrics]]
+        lines = ["**References** (evaluated once by the same engine)", "",
+                 "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for _, r in refs.iterrows():
+            lines.append("| " + " | ".join([str(r["name"]), str(r["dataset"]),
+                                            *[_pm(float(r[m]), math.nan, _DIGITS[m]) for m in metrics]]) + " |")
+        parts.append("\n".join(lines))
+    unjudged = []
+    if not front.empty and (study.line or study.control):
+        for dataset, ds in front.groupby("dataset", sort=False):
+            head = ["arm"]
+            if study.line:
+                head.append(f"margin above {study.line[0]}–{study.line[1]} (dB)")
+            if study.control:
+                head.append(f"ΔPSNR vs {study.control} at matched NIQE (dB)")
+            lines = [f"**{dataset}: the perception–distortion front**", "", "| " + " | ".join(head) + " |",
+                     "|" + "---|" * len(head)]
+            for _, r in ds.iterrows():
+                cells = [str(r["arm"])]
+                if study.line:
+                    cells.append(_pm(r["margin_mean"], r["margin_ci"], 3, signed=True)
+                                 + f" (n={int(r['margin_n'])})" + (" *" if r["margin_sig"] else ""))
+                    if r["margin_n"] == 0:
+                        unjudged.append(f"cannot judge: margin of {r['arm']} on {dataset} (NIQE unavailable for "
+                                        f"the arm or the line's references)")
+                if study.control:
+                    if r["arm"] == study.control:
+                        cells.append("(control)")
+                    else:
+                        cells.append(_pm(r["matched_diff"], r["matched_ci"], 3, signed=True)
+                                     + f" (n={int(r['matched_n'])})" + (" *" if r["matched_sig"] else ""))
+                lines.append("| " + " | ".join(cells) + " |")
+            parts.append("\n".join(lines))
+        note = []
+        if study.line:
+            note.append(f"Margin: the arm's PSNR minus the PSNR of the line through {study.line[0]} and "
+                        f"{study.line[1]} at the arm's NIQE (per seed, then mean ± 95% half-width).")
+        if study.control:
+            note.append(f"Matched NIQE: per seed, the arm's final PSNR minus {study.control}'s PSNR where its "
+                        f"trajectory ({'from ' + study.origin + ', ' if study.origin else ''}marks "
+                        f"{', '.join(map(str, study.eval_marks)) or 'none'} and the last iteration) crosses the "
+                        f"arm's final NIQE (the highest crossing; no extrapolation: n counts the seeds it reaches).")
+        note.append("* where the interval excludes zero.")
+        parts.append(" ".join(note))
+    if unjudged:
+        parts.append("\n".join(unjudged))
+    return "\n\n".join(parts) + ("\n" if parts else "")
 
 
 def write_report(study: Study) -> Optional[pd.DataFrame]:
@@ -593,9 +820,31 @@ def write_report(study: Study) -> Optional[pd.DataFrame]:
     per_run = runs.drop_duplicates(["arm", "seed"])
     timing = (f"\n{len(per_run)} runs: {per_run['train_seconds'].sum() / 60:.1f} min of training and "
               f"{per_run['eval_seconds'].sum() / 60:.1f} min of evaluation in total (summed over runs).\n")
+    refs = evaluate_references(study) if study.references else pd.DataFrame(columns=["name", "dataset"])
+    marks = collect_marks(study)
+    curves = None
+    front_md = ""
+    if study.references or study.eval_marks or study.control:
+        if not refs.empty:
+            write_text_atomic(study.out / "references.csv", refs.to_csv(index=False, float_format="%.6f"))
+        if study.eval_marks:
+            write_text_atomic(study.out / "marks.csv", marks.to_csv(index=False, float_format="%.6f"))
+            curves = mean_curves(marks, refs, study.origin)
+        if "niqe" in study.metrics:
+            finals = runs[["arm", "seed", "dataset", "psnr", "niqe"]]
+            front = front_summary(finals, marks, refs, study.line, study.control, study.origin)
+            summary = summary.merge(front, on=["arm", "dataset"], how="left")
+            write_text_atomic(study.out / "summary.csv", summary.to_csv(index=False, float_format="%.6f"))
+            front_md = front_markdown(front, refs, study)
+        else:
+            front_md = front_markdown(pd.DataFrame(), refs, study)
+            if study.line or study.control:
+                front_md += ("cannot judge: margins and matched-NIQE differences need NIQE, which this study "
+                             "does not measure (metrics)\n")
     write_text_atomic(study.out / "summary.md", f"# Study `{study.name}`\n\n" + summary_markdown(
-        summary, study.baseline, study.metrics) + timing)
-    plot_summary(summary, study.out / "perception_distortion.png", title=study.name)
+        summary, study.baseline, study.metrics) + ("\n" + front_md if front_md else "") + timing)
+    plot_summary(summary, study.out / "perception_distortion.png", title=study.name, refs=refs,
+                 curves=curves, line=study.line)
     return summary
 
 
@@ -624,6 +873,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             study.workers = args.workers
         t0 = time.perf_counter()
         failed = [] if args.report else run_study(study, progress=not args.quiet)
+        if not args.report:
+            evaluate_pending_marks(study)
         summary = write_report(study)
     except StudyError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -270,3 +270,104 @@ def test_adversarial_training_under_bf16(tmp_path, tiny_hr, teacher_ckpt, one_th
     with open(tmp_path / "run" / "log.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert all(math.isfinite(float(r["adv"])) and math.isfinite(float(r["d_loss"])) for r in rows)
+
+
+def test_weighted_relativistic_generator_loss_by_hand():
+    from Utils.objectives.adversarial import relativistic_losses
+
+    r, f = torch.tensor([[[[1.0, -2.0]]]]), torch.tensor([[[[0.5, 3.0]]]])
+    w = torch.tensor([[[[1.0, 0.0]]]])
+    rr, ff = r - f.mean(), f - r.mean()
+    g_hand = 0.5 * ((w * F.softplus(rr)).mean() + (w * F.softplus(-ff)).mean())
+    g, d = relativistic_losses(r, f, w)
+    assert g.item() == pytest.approx(g_hand.item())
+    assert d.item() == pytest.approx(relativistic_losses(r, f)[1].item())  # D's loss is never weighted
+    assert relativistic_losses(r, f, torch.ones_like(w))[0].item() == pytest.approx(relativistic_losses(r, f)[0].item())
+    # two real images per fake one (--adv_real both): the weights repeat over them
+    r2 = torch.cat([r, r + 1.0])
+    rr2, ff2 = r2 - f.mean(), f - r2.mean()
+    g_hand = 0.5 * ((torch.cat([w, w]) * F.softplus(rr2)).mean() + (w * F.softplus(-ff2)).mean())
+    assert relativistic_losses(r2, f, w)[0].item() == pytest.approx(g_hand.item())
+
+
+def _dtkd_adv_cfg(teacher_ckpt, rfdn_teacher_ckpt, **kw) -> dict:
+    cfg = {"model_name": "RFDN", "scale": 4, "kd_method": "dtkd", "t1_model_name": "IMDN", "t1_checkpoint": teacher_ckpt,
+           "t2_model_name": "RFDN", "t2_checkpoint": rfdn_teacher_ckpt, "entropy_gate": "0", "loss_attn": "none",
+           "Rate_l1": 0.0, "Rate_kd": 0.0, "Rate_adv": 1.0, "adv_channels": 8, "adv_lr": 1e-3}
+    cfg.update(kw)
+    return cfg
+
+
+def test_trust_map_marks_pixels_where_the_teacher_is_closer():
+    from Utils.losses import trust_map
+
+    y = torch.zeros(1, 3, 2, 2)
+    s = torch.full((1, 3, 2, 2), 0.5)
+    t = torch.tensor([0.1, 0.9, 0.5, 0.2]).view(1, 1, 2, 2).expand(1, 3, 2, 2)
+    m = trust_map(s, t, y)
+    assert m.shape == (1, 1, 2, 2) and m.flatten().tolist() == [1.0, 0.0, 0.0, 1.0]  # ties are not trusted
+
+
+@pytest.mark.parametrize("extra", [{"adv_real": "both"}, {"adv_real": "gt", "adv_trust": True}])
+def test_p_guided_adversarial_terms_alone_change_the_student(teacher_ckpt, rfdn_teacher_ckpt, one_thread, extra):
+    from Utils.objectives import build_objective
+
+    torch.manual_seed(0)
+    obj = build_objective(_dtkd_adv_cfg(teacher_ckpt, rfdn_teacher_ckpt, **extra), torch.device("cpu"))
+    student = build_model("RFDN")
+    before = [p.detach().clone() for p in student.parameters()]
+    opt = torch.optim.SGD(student.parameters(), lr=1.0)
+    x, y = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 64, 64)
+    terms, stats = obj(student(x), {"lr": x, "hr": y})
+    assert set(terms) == {"l1", "kd", "adv"} and terms["adv"].item() > 0
+    (terms["l1"] + terms["kd"] + terms["adv"]).backward()
+    opt.step()
+    assert any(not torch.equal(b, p) for b, p in zip(before, student.parameters()))
+    d_before = {k: v.clone() for k, v in obj.adv.disc.state_dict().items()}
+    obj.critic_step()
+    assert any(not torch.equal(v, d_before[k]) for k, v in obj.adv.disc.state_dict().items())
+    if extra.get("adv_trust"):
+        assert 0.0 <= stats["adv_trust"].item() <= 1.0
+
+
+def test_adv_real_both_shows_d_the_ground_truth_and_p(teacher_ckpt, rfdn_teacher_ckpt, one_thread):
+    from Utils.objectives import build_objective
+
+    obj = build_objective(_dtkd_adv_cfg(teacher_ckpt, rfdn_teacher_ckpt, adv_real="both"), torch.device("cpu"))
+    x, y = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 64, 64)
+    obj.router.route = lambda hr: torch.tensor([True, False])
+    seen = []
+    hook = obj.adv.disc.register_forward_pre_hook(lambda m, a: seen.append(a[0].clone()))
+    with torch.no_grad():
+        p = obj.t2(x)
+    obj(torch.rand(2, 3, 64, 64, requires_grad=True), {"lr": x, "hr": y, "t2": p})
+    hook.remove()
+    real = seen[0]  # the real side: the routed sample's ground truth, then P's output for it
+    assert real.shape[0] == 2 and torch.equal(real[0], y[0]) and torch.equal(real[1], p[0])
+
+
+def test_adv_trust_with_an_untrusted_teacher_teaches_nothing(teacher_ckpt, rfdn_teacher_ckpt, one_thread):
+    from Utils.objectives import build_objective
+
+    obj = build_objective(_dtkd_adv_cfg(teacher_ckpt, rfdn_teacher_ckpt, adv_real="gt", adv_trust=True),
+                          torch.device("cpu"))
+    x = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        p = obj.t2(x)
+    y = p + 0.3  # the student is the ground truth itself: P is never closer, the map is all zeros
+    sr = y.clone().requires_grad_(True)
+    terms, stats = obj(sr, {"lr": x, "hr": y, "t2": p})
+    assert stats["adv_trust"].item() == 0.0 and terms["adv"].item() == 0.0
+    terms["adv"].backward()
+    assert sr.grad is not None and sr.grad.abs().max().item() == 0.0
+
+
+def test_p_guided_adversarial_flags_need_p(teacher_ckpt):
+    from Utils.objectives import build_objective
+
+    cfg = {"model_name": "RFDN", "scale": 4, "kd_method": "dtkd", "t1_model_name": "IMDN", "t1_checkpoint": teacher_ckpt,
+           "t2_checkpoint": "", "Rate_adv": 1.0}
+    with pytest.raises(ValueError, match="--adv_real both needs a perceptual teacher"):
+        build_objective({**cfg, "adv_real": "both"}, torch.device("cpu"))
+    with pytest.raises(ValueError, match="--adv_trust True needs a perceptual teacher"):
+        build_objective({**cfg, "adv_real": "gt", "adv_trust": True}, torch.device("cpu"))

@@ -58,16 +58,24 @@ class PatchDiscriminator(nn.Module):
         return self.body(x)
 
 
-def relativistic_losses(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def relativistic_losses(real_logits: torch.Tensor, fake_logits: torch.Tensor,
+                        patch_weight: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(generator loss, discriminator loss) of the relativistic average GAN on patch logits.
 
     Each side is judged relative to the mean logit of the other side; the two losses are the same
-    binary cross-entropies with the real/fake labels swapped.
+    binary cross-entropies with the real/fake labels swapped. ``patch_weight`` (the logits' shape for
+    the fake side, repeated for as many real samples as there are) weights the generator's
+    per-patch terms (a mean over all patches of ``weight * bce``); D's loss is never weighted.
     """
     r = real_logits - fake_logits.mean()
     f = fake_logits - real_logits.mean()
     bce = F.binary_cross_entropy_with_logits
-    g = 0.5 * (bce(r, torch.zeros_like(r)) + bce(f, torch.ones_like(f)))
+    if patch_weight is None:
+        g = 0.5 * (bce(r, torch.zeros_like(r)) + bce(f, torch.ones_like(f)))
+    else:
+        w_real = patch_weight.repeat(r.shape[0] // f.shape[0], 1, 1, 1)
+        g = 0.5 * ((w_real * bce(r, torch.zeros_like(r), reduction="none")).mean()
+                   + (patch_weight * bce(f, torch.ones_like(f), reduction="none")).mean())
     d = 0.5 * (bce(r, torch.ones_like(r)) + bce(f, torch.zeros_like(f)))
     return g, d
 
@@ -81,9 +89,12 @@ def build_adversarial(cfg: dict, device: torch.device, has_teacher: bool) -> tup
         real = "teacher" if has_teacher else "gt"
     if weight <= 0:
         return None, weight, real
-    if real == "teacher" and not has_teacher:
-        raise ValueError("--adv_real teacher needs a perceptual teacher (DTKD's --t2_checkpoint); "
+    if real in ("teacher", "both") and not has_teacher:
+        raise ValueError(f"--adv_real {real} needs a perceptual teacher (DTKD's --t2_checkpoint); "
                          "without one the ground truth is real")
+    if cfg.get("adv_trust") and not has_teacher:
+        raise ValueError("--adv_trust True needs a perceptual teacher (DTKD's --t2_checkpoint): its trust map "
+                         "weights the adversarial term")
     return AdversarialTerm(cfg, device), weight, real
 
 
@@ -112,14 +123,21 @@ class AdversarialTerm(nn.Module):
             p.requires_grad_(flag)
 
     def generator_loss(self, fake: torch.Tensor, real: torch.Tensor,
-                       sample_mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+                       sample_mask: Optional[torch.Tensor] = None,
+                       pixel_weight: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(unweighted generator loss, D's loss on the same logits, detached) over the masked samples.
 
-        Keeps the detached pair for :meth:`critic_step`. No masked sample, or still in the warm-up: both
-        are 0 (the generator term stays in the graph) and D learns nothing this step.
+        ``real`` may hold a whole multiple of ``fake``'s samples (``--adv_real both``: ground truth and
+        P's outputs, each aligned with ``fake``); ``sample_mask`` selects within each. ``pixel_weight``
+        (N x 1 x H x W in [0, 1], no gradient) is averaged onto D's patch grid and weights the
+        generator's per-patch terms (``--adv_trust``). Keeps the detached pair for :meth:`critic_step`.
+        No masked sample, or still in the warm-up: both are 0 (the generator term stays in the graph)
+        and D learns nothing this step.
         """
         if sample_mask is not None:
-            fake, real = fake[sample_mask], real[sample_mask]
+            k = real.shape[0] // fake.shape[0]
+            fake, real = fake[sample_mask], real[sample_mask.repeat(k)]
+            pixel_weight = pixel_weight[sample_mask] if pixel_weight is not None else None
         if fake.shape[0] == 0 or not self.active:
             self._pending = None
             zero = fake.sum() * 0.0
@@ -130,7 +148,10 @@ class AdversarialTerm(nn.Module):
         with torch.no_grad():  # no gradient reaches the real side: its pass keeps no graph and has no backward
             real_logits = self.disc(real)
         fake_logits = self.disc(fake.float())
-        g, d = relativistic_losses(real_logits, fake_logits)
+        patch_weight = None
+        if pixel_weight is not None:
+            patch_weight = F.adaptive_avg_pool2d(pixel_weight.detach().float(), fake_logits.shape[-2:])
+        g, d = relativistic_losses(real_logits, fake_logits, patch_weight)
         self._pending = (fake.detach().float(), real)
         return g, d.detach()
 

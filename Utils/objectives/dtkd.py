@@ -22,7 +22,11 @@ Our definition of the method (DESIGN.md section 6), each part switchable for abl
   features, without it its one pass on the batch serves both its output and its features), and
   ``--Rate_adv W`` (an adversarial term, :mod:`.adversarial`: a discriminator learned from scratch
   tells the student's outputs from P's (``--adv_real teacher``, the default with P) or from the
-  ground truth (``gt``) on the texture-rich samples; P's texture *distribution*, not its pixels).
+  ground truth (``gt``), or both as real (``both``), on the texture-rich samples; P's texture
+  *distribution*, not its pixels), and ``--adv_trust True`` (the student's adversarial term weighted,
+  per discriminator patch, by the fraction of pixels where P is closer to the ground truth than the
+  student (``losses.trust_map``): realism is pushed only where P shows that it can be had, DTKD's
+  trust attention applied to the GAN in the spirit of LDL's artifact map, Liang et al., CVPR 2022).
 
 With ``--teacher_cache DIR`` each teacher's SR of every training image is computed once and cropped
 with the LR/HR patch (:mod:`Utils.objectives.teachers`), so a step costs about a plain step.
@@ -108,6 +112,7 @@ class DTKDObjective(Objective):
                                            teacher=self.t2)  # the same P: loaded once, run once per step
         self.adv: Optional[AdversarialTerm]
         self.adv, self.w_adv, self.adv_real = build_adversarial(cfg, device, has_teacher=self.t2 is not None)
+        self.adv_trust = self.adv is not None and bool(cfg.get("adv_trust", False))
         names = ["l1", "kd"] + (["edge"] if self.w_edge > 0 else []) + (["lpts"] if self.w_pts > 0 else [])
         names += ["tex"] if self.w_tex > 0 else []
         names += ["pfeat"] if self.p_hints is not None else []
@@ -115,7 +120,7 @@ class DTKDObjective(Objective):
         self.term_names = tuple(names + (["lbp"] if self.w_bp > 0 else []))
         # --loss_attn both: the KD term is error + trust attention; each part gets its own log column
         self.stat_names = (("frac_perceptual",) + (("kd_err", "kd_trust") if self.attn == "both" else ())
-                           + (("d_loss",) if self.adv is not None else ()))
+                           + (("d_loss",) if self.adv is not None else ()) + (("adv_trust",) if self.adv_trust else ()))
         self.use_cache = bool(cfg.get("teacher_cache"))
 
     def attach_student(self, model) -> None:
@@ -217,9 +222,15 @@ class DTKDObjective(Objective):
         if self.p_hints is not None:
             # without the cache P ran on the whole batch above and its hooks hold the features
             terms["pfeat"] = self.w_pfeat * self.p_hints.feature_term(x, texture, teacher_ran="t2" not in batch)
-        if self.adv is not None:  # ours: D tells S from P's outputs (or from y) on the texture-rich samples
-            real = p if self.adv_real == "teacher" else y
-            g, stats["d_loss"] = self.adv.generator_loss(sr, real, sample_mask=texture)
+        if self.adv is not None:  # ours: D tells S from P's outputs (or from y, or both) on the texture-rich samples
+            real = {"teacher": p, "gt": y}.get(self.adv_real)
+            if real is None:  # both: ground truth and P's outputs are real
+                real = torch.cat([y.float(), p.float()])
+            weight = None
+            if self.adv_trust:  # ours: realism only where P is closer to the truth than the student
+                weight = losses.trust_map(sr, p, y)
+                stats["adv_trust"] = weight.mean()
+            g, stats["d_loss"] = self.adv.generator_loss(sr, real, sample_mask=texture, pixel_weight=weight)
             terms["adv"] = self.w_adv * g
         if self.w_bp > 0:
             terms["lbp"] = self.w_bp * losses.backprojection_loss(sr, x, self.scale)
