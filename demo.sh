@@ -55,7 +55,7 @@ if [ "$MODE" = "quick" ]; then
     step "perceptual teacher: EdgeSRN stage 1, L1 pre-training ($T_ITERS iterations)"
     $PY main.py --model_name "$T2_MODEL" --name demo_edgesrn_l1 --iters "$T_ITERS" --test_every "$T_ITERS" \
       --lr 1e-3 "${TRAIN[@]}" "${COMMON[@]}"
-    # the T91 teacher's stage 2 (docs/results.md, "Where this leaves the method"): L1 + edge + a discriminator learned
+    # the T91 teacher's stage 2 (docs/results.md, "The perceptual teacher the project trains"): L1 + edge + a discriminator learned
     # from scratch (the VGG term is off without its weights), the lr cut to a tenth for the last 300 of 1600
     S2=$((T_ITERS * 4 / 5)); CUT=$((S2 * 13 / 16))
     step "perceptual teacher: EdgeSRN stage 2, L1 + edge + adversarial ($S2 iterations, lr / 10 after $CUT)"
