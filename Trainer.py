@@ -19,6 +19,7 @@ import hashlib
 import logging
 import math
 import os
+import pickle
 import random
 import shutil
 import signal
@@ -73,19 +74,56 @@ class ModelEMA:
 
 
 def rng_state() -> dict:
-    """RNG states of Python, NumPy and torch (CPU and CUDA)."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """RNG states of Python, NumPy and torch (CPU and CUDA) as tensors and plain types, so that a resume
+    file loads with ``torch.load(weights_only=True)``."""
+    version, internal, gauss = random.getstate()
+    np_state = np.random.get_state(legacy=False)
+    state = {"python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
+             "numpy": {"bit_generator": np_state["bit_generator"],
+                       "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                       "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
+                       "gauss": float(np_state["gauss"])},
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    """Restore :func:`rng_state`'s states (also the tuple and array form of files made before it)."""
+    py, npy = state["python"], state["numpy"]
+    if isinstance(py, dict):
+        py = (py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"])
+    random.setstate(py)
+    if isinstance(npy, dict):
+        npy = {"bit_generator": npy["bit_generator"], "has_gauss": npy["has_gauss"], "gauss": npy["gauss"],
+               "state": {"key": npy["key"].numpy().astype(np.uint32), "pos": npy["pos"]}}
+    np.random.set_state(npy)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_resume_state(path: Path) -> dict:
+    """A resume file read with ``weights_only=True``. A file made before the RNG states were stored as
+    tensors (NumPy's state as an array) loads with NumPy's array types allowed and nothing else; any other
+    file that needs arbitrary pickled objects is a one-line :class:`TrainingError`."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        pass
+    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+    numpy_types = [np.ndarray, np.dtype, type(np.dtype(np.uint32)), multiarray._reconstruct]
+    try:
+        with torch.serialization.safe_globals(numpy_types):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        why = next((ln for ln in lines if "Unsupported global" in ln), lines[0] if lines else type(exc).__name__)
+        raise TrainingError(f"{path}: not a resume file that loads with weights_only=True "
+                            f"({why[:200]}); start a new run or resume from a file of this version") from None
+    log.info("%s: resume file of the older format (NumPy RNG state as an array); loaded", path)
+    return state
 
 
 def build_optimizer(name: str, params, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
@@ -311,8 +349,7 @@ class Trainer:
             atomic_save(self.export_weights(), self.exp_dir / "weights" / "best.pth")
 
     def resume(self, path: Path) -> None:
-        # Our own checkpoints hold RNG and optimizer states: trusted files, loaded without weights_only.
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = load_resume_state(path)
         if state.get("model_name") != self.preset.name:
             raise TrainingError(f"{path}: checkpoint of {state.get('model_name')}, not {self.preset.name}")
         self._check_schedule(path, state.get("config") or {})
