@@ -137,14 +137,17 @@ def front_summary(finals: pd.DataFrame, marks: pd.DataFrame, refs: pd.DataFrame,
 
 
 def mean_curves(marks: pd.DataFrame, refs: Optional[pd.DataFrame] = None, origin: Optional[str] = None) -> pd.DataFrame:
-    """Each arm's mean (over seeds) PSNR and NIQE at each mark, per dataset; mark 0 is ``origin``."""
+    """Each arm's mean (over seeds) metrics at each mark, per dataset; mark 0 is the reference ``origin``."""
     if marks.empty:
-        return pd.DataFrame(columns=["arm", "dataset", "mark", "psnr", "niqe"])
-    cur = marks.groupby(["arm", "dataset", "mark"], sort=False)[["psnr", "niqe"]].mean().reset_index()
+        return pd.DataFrame(columns=["arm", "dataset", "mark", *[c for c in ("psnr", "ssim", "niqe", "lpips")
+                                                                 if c in marks]])
+    cols = [c for c in ("psnr", "ssim", "niqe", "lpips") if c in marks]
+    cur = marks.groupby(["arm", "dataset", "mark"], sort=False)[cols].mean().reset_index()
     if origin and refs is not None:
         extra = []
         for (arm, dataset) in cur[["arm", "dataset"]].drop_duplicates().itertuples(index=False):
-            p, n = reference_point(refs, origin, dataset)
-            extra.append({"arm": arm, "dataset": dataset, "mark": 0, "psnr": p, "niqe": n})
+            r = refs[(refs["name"] == origin) & (refs["dataset"] == dataset)]
+            extra.append({"arm": arm, "dataset": dataset, "mark": 0,
+                          **{c: float(r[c].iloc[0]) if c in r and not r.empty else math.nan for c in cols}})
         cur = pd.concat([pd.DataFrame(extra), cur], ignore_index=True)
     return cur.sort_values(["arm", "dataset", "mark"], kind="stable").reset_index(drop=True)

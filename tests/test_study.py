@@ -289,3 +289,79 @@ def test_the_timing_studies_extend_the_finetuning_study_with_its_runs_unchanged(
     for run, ref in zip(bf16.runs, timing.runs):
         i = run.argv.index("--amp")
         assert run.argv[i + 1] == "bf16" and strip(run.argv[:i] + run.argv[i + 2:]) == strip(ref.argv), run.run_id
+
+
+# ----------------------------------------------------------------------------- the perception-distortion front
+
+def _front_spec(tmp_path: Path) -> dict:
+    import torch
+
+    from Model import build_model
+
+    refs = {}
+    for i, name in enumerate(("start", "other")):
+        torch.manual_seed(i)
+        refs[name] = {"model_name": "RFDN", "checkpoint": str(tmp_path / f"{name}.pth")}
+        torch.save(build_model("RFDN").state_dict(), refs[name]["checkpoint"])
+    return {"references": refs, "line": ["start", "other"], "origin": "start", "control": "gt",
+            "eval_marks": [2, 4]}
+
+
+def test_marks_are_evaluated_once_and_reused_after_a_restart(tiny_data, tmp_path):
+    out = tmp_path / "front"
+    f = _study_file(tiny_data, out, tmp_path / "front.yaml", seeds=[0], arms={"gt": {}, "edge": {"Rate_lm": 0.1}},
+                    **_front_spec(tmp_path))
+    proc = _cli(f)
+    log, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, log
+    marks = pd.read_csv(out / "marks.csv")
+    assert sorted(map(tuple, marks[["arm", "mark"]].drop_duplicates().values.tolist())) == [
+        ("edge", 2), ("edge", 4), ("edge", 6), ("gt", 2), ("gt", 4), ("gt", 6)]
+    # the last mark is the run's own result; the others are the snapshots' evaluations
+    runs = pd.read_csv(out / "runs.csv").set_index("arm")
+    assert marks[(marks["arm"] == "gt") & (marks["mark"] == 6)]["psnr"].iloc[0] == pytest.approx(runs.loc["gt", "psnr"])
+    assert (out / "exp" / "gt_s0" / "weights" / "iter_2.pth").is_file()
+    refs = pd.read_csv(out / "references.csv")
+    assert sorted(refs["name"]) == ["other", "start"]
+    summary = pd.read_csv(out / "summary.csv")
+    assert {"margin_mean", "matched_diff"} <= set(summary.columns)
+    md = (out / "summary.md").read_text()
+    assert "**References**" in md and "perception–distortion front" in md
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "eval").glob("*/marks/*/result.json")}
+    ref_stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache" / "references").glob("*/result.json")}
+    assert len(stamps) == 4 and len(ref_stamps) == 2
+    # a restart evaluates nothing again; a lost mark is evaluated alone
+    lost = out / "eval" / "edge_s0" / "marks" / "iter_4" / "result.json"
+    lost.unlink()
+    proc = _cli(f)
+    log, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0 and "2 finished, 0 to do" in log, log
+    assert lost.is_file()
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items() if p != lost)
+    assert all(p.stat().st_mtime_ns == t for p, t in ref_stamps.items())
+    pd.testing.assert_frame_equal(pd.read_csv(out / "marks.csv"), marks)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"eval_marks": [2, 7]}, "eval_marks: 7 is past arm gt's last iteration (6)"),
+    ({"eval_marks": [0]}, "eval_marks: expected a list of distinct positive iterations"),
+    ({"line": ["start", "nope"]}, "line: expected two different references' names"),
+    ({"origin": "nope"}, "origin: 'nope' is not a reference"),
+    ({"control": "nope"}, "control: 'nope' is not an arm"),
+    ({"references": {"x": {"checkpoint": "/no/such.pth"}}}, "references.x.checkpoint: /no/such.pth: no such file"),
+])
+def test_bad_front_keys_are_one_line_and_exit_2(tiny_data, tmp_path, capsys, change, message):
+    spec = {**_front_spec(tmp_path), **change}
+    if "references" in change:
+        spec.update(line=None, origin=None)
+    f = _study_file(tiny_data, tmp_path / "bad", tmp_path / "bad.yaml", **spec)
+    assert st.main([str(f)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_a_summary_without_niqe_says_it_cannot_judge():
+    runs = pd.DataFrame([{"arm": a, "seed": s, "dataset": "Set5", "psnr": 30.0 + s, "ssim": 0.8, "niqe": math.nan}
+                         for a in ("base", "new") for s in (0, 1)])
+    md = st.summary_markdown(st.summarize(runs, "base", ["psnr", "ssim", "niqe"]), "base", ["psnr", "ssim", "niqe"])
+    assert "cannot judge: NIQE unavailable for new on Set5" in md and "PASS" not in md
