@@ -23,6 +23,13 @@ A study file (YAML; relative paths are relative to the folder you run from, as f
     threads: 1                          # torch threads per run (default 1)
     extends: finetune_rfdn.yaml         # optional: start from another study file (path relative to this one)
     only_arms: [dtkd_adv, gt]           # optional: run only these arms, in this order
+    references:                         # optional: checkpoints evaluated once (cached), rows and plot markers
+      start: {model_name: RFDN, checkpoint: ../shared/data/weights/MTKDSR/RFDN_x4.pth}
+      P: {model_name: RFDN, checkpoint: ../shared/data/weights/SRDTKD/DTKD-RFDN-perceptual.pth}
+    line: [start, P]                    # optional: each arm's margin = PSNR above this line at its NIQE
+    eval_marks: [250, 500, 750]         # optional: also evaluate every run's weights at these iterations
+    origin: start                       # optional: the reference every trajectory starts from
+    control: adv_gt                     # optional: each arm's PSNR difference to this arm's trajectory at matched NIQE
 
 ``extends`` takes every key of the named file except ``name`` and ``out`` (a study always writes its own
 results); this file's ``defaults`` are merged flag by flag over the parent's, its ``arms`` are added to
@@ -43,6 +50,17 @@ Results in ``<out>/``: ``runs.csv`` (one row per run and test set), ``summary.cs
 set: n, mean and 95% Student-t interval of each metric, paired difference to the baseline over the
 seeds both have, its interval and whether it excludes zero), ``summary.md`` and
 ``perception_distortion.png`` (PSNR against NIQE, or SSIM, with the intervals as error bars).
+
+The perception-distortion front (:mod:`Utils.front`): ``references`` are evaluated once by the same
+engine (cached in ``<cache>/references/`` under a key of the file's contents, the preset and the test
+sets) into ``references.csv``, rows of ``summary.md`` and labelled markers of the plot, which also draws
+the ``line``. With ``eval_marks`` the runs are trained with ``--snapshots`` (kept weights; not part of a
+run's flags, which they do not change) and each mark is evaluated once into ``<out>/eval/<run>/marks/``
+(``result.json`` written last; a restarted or extended study evaluates only the marks it lacks; a mark
+added after a run finished has no weights and is reported as such); ``marks.csv`` holds every run's
+trajectory and the plot each arm's mean curve. ``summary.csv`` and ``summary.md`` then give each arm's
+margin above the line and its difference to ``control`` at matched NIQE, with 95% intervals over seeds.
+A figure that cannot be computed (no NIQE) is a ``cannot judge: ...`` line, never a number.
 Exit status: 0 when every run finished, 1 when some failed (the others are kept and summarised),
 2 for a bad study file (one line naming the file, the key and the problem; no run is started).
 """
@@ -75,7 +93,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 STUDY_KEYS = {"name", "description", "out", "cache", "seeds", "baseline", "defaults", "arms", "test_folders",
               "test_gt", "metrics", "niqe_params", "workers", "threads", "extends", "only_arms",
-              "references", "line", "origin", "control", "eval_marks"}
+              "references", "line", "origin", "control", "eval_marks",
+              "launcher", "gpus_per_run", "cpus_per_run", "mem_gb", "timeout_min", "partition"}  # and slurm_*
 NOT_INHERITED = {"name", "out", "extends"}  # a study that extends another writes its own results
 RUNNER_FLAGS = {"name", "experiments_root", "seed", "auto_resume", "resume", "quiet", "config", "Train", "snapshots"}
 METRICS = ("psnr", "ssim", "niqe", "lpips")
@@ -99,6 +118,7 @@ class Run:
     eval_dir: Path
     model_name: str
     iters: int = 0
+    launch: tuple[str, ...] = ()  # words between python and main.py (torchrun for a multi-GPU job)
 
     def mark_dir(self, mark: int) -> Path:
         """Where the evaluation of the weights at iteration ``mark`` goes."""
@@ -140,6 +160,8 @@ class Study:
     origin: Optional[str] = None
     control: Optional[str] = None
     eval_marks: list[int] = field(default_factory=list)
+    launcher: str = "local"  # local | slurm | submitit_local (Utils.launchers)
+    resources: Optional[Any] = None  # Utils.launchers.Resources: per-run resources of the submitit launchers
 
 
 def _flag_argv(key: str, value: Any, action: argparse.Action) -> list[str]:
@@ -197,7 +219,7 @@ def _read_study_data(path: Path, chain: tuple[Path, ...] = ()) -> dict:
         raise StudyError(f"{path}: not valid YAML ({' '.join(first[:3])})") from None
     if not isinstance(data, dict):
         raise StudyError(f"{path}: a study file is a mapping (name, seeds, baseline, defaults, arms, test_folders)")
-    unknown = sorted(set(data) - STUDY_KEYS)
+    unknown = sorted(k for k in set(data) - STUDY_KEYS if not str(k).startswith("slurm_"))
     if unknown:
         raise StudyError(f"{path}: {unknown[0]}: unknown key (known: {', '.join(sorted(STUDY_KEYS))})")
     parent_name = data.get("extends")
@@ -303,6 +325,9 @@ def load_study(path: PathLike) -> Study:
                   niqe_params=Path(str(niqe)) if niqe is not None else None,
                   workers=positive_int("workers", os.cpu_count() or 1), threads=positive_int("threads", 1),
                   cache=cache, **_front_keys(data, path, arms))
+    from Utils.launchers import parse_resources
+
+    study.launcher, study.resources = parse_resources(data, path, StudyError)
 
     for arm, flags in arms.items():
         merged = {**defaults, **flags}
@@ -447,7 +472,7 @@ def execute_run(study: Study, run: Run) -> dict:
         if not final.is_file():
             # snapshots for eval_marks: not part of the run's flags (they do not change its training)
             snaps = [str(m) for m in study.eval_marks if m < run.iters]
-            cmd = [sys.executable, str(REPO / "main.py"), *run.argv, *(["--snapshots", *snaps] if snaps else [])]
+            cmd = [sys.executable, *run.launch, str(REPO / "main.py"), *run.argv, *(["--snapshots", *snaps] if snaps else [])]
             rc = _run_logged(cmd, run.exp_dir / "stdout.log", env, fd)
             if rc != 0 or not final.is_file():
                 raise RuntimeError(f"training exited with status {rc}; see {run.exp_dir / 'stdout.log'}")
@@ -525,6 +550,21 @@ def run_study(study: Study, progress: bool = True) -> list[str]:
     failed: list[str] = []
     bar = tqdm(total=len(study.runs), initial=len(study.runs) - len(todo), desc=f"study {study.name}",
                disable=not progress, dynamic_ncols=True, unit="run")
+    if study.launcher != "local":  # slurm, submitit_local: one job per run (Utils.launchers)
+        from Utils.launchers import run_with_submitit
+
+        def job_ended(run: Run, error: Optional[str]) -> None:
+            if error is None:
+                res = read_result(run) or {}
+                log.info("%s finished (train %.0f s, eval %.0f s)", run.run_id, res.get("wall_train_seconds", math.nan),
+                         res.get("eval_seconds", math.nan))
+            else:
+                log.error("%s failed: %s", run.run_id, error)
+            bar.update(1)
+
+        failed = run_with_submitit(study, todo, job_ended)
+        bar.close()
+        return failed
     with ThreadPoolExecutor(max_workers=study.workers) as pool:
         futures = {pool.submit(execute_run, study, run): run for run in todo}
         for fut in as_completed(futures):
@@ -857,6 +897,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("study", help="study file (YAML)")
     p.add_argument("--report", action="store_true", help="only rebuild the tables and the plot from finished runs")
     p.add_argument("--workers", type=int, default=None, help="parallel runs (overrides the study file)")
+    p.add_argument("--launcher", choices=("local", "slurm", "submitit_local"), default=None,
+                   help="where runs execute (overrides the study file's launcher; see Utils/launchers.py)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -871,6 +913,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if args.workers < 1:
                 raise StudyError(f"--workers must be at least 1, got {args.workers}")
             study.workers = args.workers
+        if args.launcher is not None:
+            study.launcher = args.launcher
         t0 = time.perf_counter()
         failed = [] if args.report else run_study(study, progress=not args.quiet)
         if not args.report:
