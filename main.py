@@ -227,7 +227,9 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return
-    if os.getppid() != int(parent):  # the parent died before the request took effect
+    # under torchrun our parent is its agent (a child of DTKD_PARENT_PID): the signal then follows the agent
+    expected = os.getppid() if os.environ.get("TORCHELASTIC_RUN_ID") else int(parent)
+    if os.getppid() != expected or os.getppid() == 1:  # the parent died before the request took effect
         os.kill(os.getpid(), signal.SIGTERM)
 
 
