@@ -9,6 +9,10 @@ all alike; the median is reported.
 Variants: ``fp32`` always; on CUDA also ``bf16`` and ``fp16`` autocast (``fp16`` only for presets with
 ``half_ok``; SwinIR overflows in float16) and ``+cl`` (channels-last model and input); ``--compile``
 adds ``torch.compile`` variants. On the CPU autocast is not used (fp32 is exact and faster there).
+``--onnx`` adds ``onnxrt``: the preset exported by :mod:`Utils.export` (float32, opset 18) and run by
+onnxruntime on the CPU with as many threads as torch, interleaved with PyTorch's fp32 in the same run, so
+its ``x vs fp32`` column is the onnxruntime / PyTorch speed ratio (a preset that cannot be exported,
+SwinIR, is skipped with its reason).
 
 Sizes: the default LR input is 320x180 (1280x720 output) on CUDA and 160x90 on the CPU, where a
 720p output takes seconds per preset; ``--lr-size 320x180`` gives the full size. When the
@@ -20,6 +24,7 @@ so grows faster than the pixel count. Examples::
     python bench/bench_inference.py --device cpu --lr-size 320x180 --presets RFDN IMDN PAN
     python bench/bench_inference.py --channels-last-cpu             # also channels-last on the CPU
     python bench/bench_inference.py --device cuda --compile          # GPU: 720p, fp32/bf16/fp16/channels-last
+    python bench/bench_inference.py --device cpu --onnx --presets RFDN LBNet IMDN   # onnxruntime vs PyTorch
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ import argparse
 import copy
 import logging
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -90,6 +96,21 @@ def make_fn(model: torch.nn.Module, variant: str, x: torch.Tensor, pad_multiple:
     return fn
 
 
+def make_onnx_fn(model: torch.nn.Module, name: str, x: torch.Tensor, folder: Path):
+    """A zero-argument callable running ``x`` through the preset's ONNX export in onnxruntime (CPU, as many
+    threads as torch), or None with a warning when the preset cannot be exported."""
+    from Utils.export import ExportError, OnnxModel, export_onnx
+
+    try:
+        path = export_onnx(copy.deepcopy(model).cpu().float(), folder / f"{name}.onnx")
+    except ExportError as exc:
+        log.warning("%s: not exported to ONNX (%s); no onnxrt row", name, exc)
+        return None
+    onnx_model = OnnxModel(path, threads=torch.get_num_threads())
+    x_cpu = x.cpu()
+    return lambda: onnx_model(x_cpu)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
@@ -100,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile", action="store_true", help="also time torch.compile variants")
     p.add_argument("--channels-last-cpu", action="store_true", help="on the CPU also time channels-last")
     p.add_argument("--random-weights", action="store_true", help="never load the published weights")
+    p.add_argument("--onnx", action="store_true", help="also time the ONNX export in onnxruntime (CPU)")
     p.set_defaults(warmup=1, repeats=5)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -115,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
           (f"; ms/720p scaled x{px_factor:.3g} by pixel count (a lower bound for LBNet)" if scaled else ""))
 
     torch.manual_seed(0)
+    tmp = tempfile.TemporaryDirectory(prefix="bench_onnx_")
     fns: dict[tuple[str, str], object] = {}
     meta: dict[str, dict] = {}
     for name in names:
@@ -124,6 +147,10 @@ def main(argv: list[str] | None = None) -> int:
         meta[name] = {"weights": weights, "params": sum(t.numel() for t in model.parameters())}
         for v in variants_for(device, preset.half_ok, args.compile, args.channels_last_cpu):
             fns[(name, v)] = make_fn(model, v, x, preset.pad_multiple, preset.half_ok)
+        if args.onnx:
+            onnx_fn = make_onnx_fn(model, name, x, Path(tmp.name))
+            if onnx_fn is not None:
+                fns[(name, "onnxrt")] = onnx_fn
 
     # Warm-up per variant (compile happens here), then rounds over all (preset, variant) pairs.
     keyed = {f"{n}|{v}": fn for (n, v), fn in fns.items()}
