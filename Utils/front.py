@@ -17,11 +17,17 @@ by the PSNR it keeps at the NIQE it reaches. Two figures say that (used by :mod:
   final NIQE (same seed), then a Student-t interval over seeds.
 
 Everything here is a pure function of tables with columns ``arm, seed, dataset, psnr, niqe`` (and
-``mark`` for trajectories; ``name, dataset, psnr, niqe`` for references).
+``mark`` for trajectories; ``name, dataset, psnr, niqe`` for references). The margins of any study's
+runs against any study's references, from their CSV files::
+
+    python -m Utils.front studies/finetune_rfdn/runs.csv --references studies/front_rfdn/references.csv \
+        --line start P [--out margins.csv]
 """
 from __future__ import annotations
 
+import argparse
 import math
+import sys
 from typing import Optional, Sequence
 
 import numpy as np
@@ -151,3 +157,47 @@ def mean_curves(marks: pd.DataFrame, refs: Optional[pd.DataFrame] = None, origin
                           **{c: float(r[c].iloc[0]) if c in r and not r.empty else math.nan for c in cols}})
         cur = pd.concat([pd.DataFrame(extra), cur], ignore_index=True)
     return cur.sort_values(["arm", "dataset", "mark"], kind="stable").reset_index(drop=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m Utils.front``."""
+    p = argparse.ArgumentParser(prog="python -m Utils.front", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", help="a study's runs.csv (arm, seed, dataset, psnr, niqe)")
+    p.add_argument("--references", required=True, help="a study's references.csv (name, dataset, psnr, niqe)")
+    p.add_argument("--line", nargs=2, required=True, metavar=("A", "B"), help="two references' names")
+    p.add_argument("--out", default=None, help="also write the table as CSV")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        runs, refs = pd.read_csv(args.runs), pd.read_csv(args.references)
+    except (OSError, pd.errors.ParserError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for name, table, cols in ((args.runs, runs, ("arm", "seed", "dataset", "psnr", "niqe")),
+                              (args.references, refs, ("name", "dataset", "psnr", "niqe"))):
+        missing = [c for c in cols if c not in table]
+        if missing:
+            print(f"error: {name}: no column {missing[0]!r}", file=sys.stderr)
+            return 2
+    unknown = [n for n in args.line if n not in set(refs["name"])]
+    if unknown:
+        print(f"error: {args.references}: no reference {unknown[0]!r} ({', '.join(dict.fromkeys(refs['name']))})",
+              file=sys.stderr)
+        return 2
+    table = front_summary(runs, runs.iloc[0:0].assign(mark=0), refs, tuple(args.line), None, None)
+    table = table[["arm", "dataset", "margin_mean", "margin_ci", "margin_n", "margin_sig"]]
+    if args.out:
+        table.to_csv(args.out, index=False, float_format="%.6f")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:+.3f}"))
+    unjudged = table[table["margin_n"] == 0]
+    for _, r in unjudged.iterrows():
+        print(f"cannot judge: margin of {r['arm']} on {r['dataset']} (NIQE unavailable)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

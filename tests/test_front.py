@@ -106,3 +106,17 @@ def test_missing_niqe_gives_no_margin():
     finals.loc[finals["arm"] == "a", "niqe"] = math.nan
     s = front.front_summary(finals, MARKS, REFS, ("start", "P"), None, None).set_index("arm")
     assert s.loc["a", "margin_n"] == 0 and math.isnan(s.loc["a", "margin_mean"]) and not s.loc["a", "margin_sig"]
+
+
+def test_command_line_margins_of_a_runs_csv(tmp_path, capsys):
+    FINALS.to_csv(tmp_path / "runs.csv", index=False)
+    REFS.to_csv(tmp_path / "refs.csv", index=False)
+    rc = front.main([str(tmp_path / "runs.csv"), "--references", str(tmp_path / "refs.csv"), "--line", "start", "P",
+                     "--out", str(tmp_path / "m.csv")])
+    assert rc == 0
+    m = pd.read_csv(tmp_path / "m.csv").set_index("arm")
+    assert m.loc["a", "margin_mean"] == pytest.approx(0.025, abs=1e-6)  # the CSV keeps 6 decimals
+    assert m.loc["c", "margin_mean"] == pytest.approx(-0.35 / 3, abs=1e-6)
+    assert front.main([str(tmp_path / "runs.csv"), "--references", str(tmp_path / "refs.csv"), "--line", "start",
+                       "Q"]) == 2
+    assert "no reference 'Q'" in capsys.readouterr().err
