@@ -104,11 +104,11 @@ class OnnxModel:
             options.inter_op_num_threads = 1
         options.log_severity_level = 3
         self.path = Path(path)
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.runtime = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def __call__(self, lr: torch.Tensor) -> torch.Tensor:
         x = lr.detach().cpu().float().contiguous().numpy()
-        return torch.from_numpy(self.session.run(["sr"], {"lr": x})[0])
+        return torch.from_numpy(self.runtime.run(["sr"], {"lr": x})[0])
 
 
 def max_abs_diff(model: nn.Module, onnx_model: OnnxModel, lr: torch.Tensor) -> float:
