@@ -192,7 +192,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     table = table[["arm", "dataset", "margin_mean", "margin_ci", "margin_n", "margin_sig"]]
     if args.out:
         table.to_csv(args.out, index=False, float_format="%.6f")
-    print(table.to_string(index=False, float_format=lambda v: f"{v:+.3f}"))
+    print(table.to_string(index=False, formatters={"margin_mean": "{:+.3f}".format, "margin_ci": "{:.3f}".format}))
     unjudged = table[table["margin_n"] == 0]
     for _, r in unjudged.iterrows():
         print(f"cannot judge: margin of {r['arm']} on {r['dataset']} (NIQE unavailable)")
