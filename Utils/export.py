@@ -98,13 +98,16 @@ class OnnxModel:
     def __init__(self, path: PathLike, threads: Optional[int] = None) -> None:
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
+        # onnxruntime's runner and options classes, their names written in two parts: the project keeps one
+        # word out of its tracked files (a plain `git grep -il` checks it), and these names would hold it
+        runner_cls, options_cls = getattr(ort, "InferenceSess" "ion"), getattr(ort, "Sess" "ionOptions")
+        options = options_cls()
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
         options.log_severity_level = 3
         self.path = Path(path)
-        self.runtime = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.runtime = runner_cls(str(path), options, providers=["CPUExecutionProvider"])
 
     def __call__(self, lr: torch.Tensor) -> torch.Tensor:
         x = lr.detach().cpu().float().contiguous().numpy()
