@@ -774,12 +774,13 @@ def plot_summary(summary: pd.DataFrame, path: PathLike, title: str = "", refs: O
             pts = [rd[rd["name"] == n] for n in line or ()]
             if line and all(not p.empty for p in pts):
                 (x0, y0), (x1, y1) = [(float(p["psnr"].iloc[0]), float(p[ycol].iloc[0])) for p in pts]
-                if x1 != x0:
-                    lo, hi = ax.get_xlim()
+                if x1 != x0:  # across the axes the data set, without widening them
+                    (lo, hi), ylim = ax.get_xlim(), ax.get_ylim()
                     xs = np.array([lo, hi])
                     ax.plot(xs, y0 + (xs - x0) * (y1 - y0) / (x1 - x0), "--", color="0.5", lw=1,
                             label=f"line {line[0]}–{line[1]}")
                     ax.set_xlim(lo, hi)
+                    ax.set_ylim(*ylim)
         ax.set_xlabel("PSNR (dB, Y) →")
         ax.set_ylabel(f"{_TITLES[ycol]}" + ("" if ycol in LOWER_IS_BETTER else " →"))
         ax.set_title(f"{title} {dataset}".strip())
