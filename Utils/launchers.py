@@ -131,15 +131,14 @@ def make_executor(launcher: str, folder: Path, resources: Resources, name: str):
     return executor
 
 
-def run_job(study: Any, run: Any, cwd: str) -> dict:
-    """The job's function (it runs inside the submitit job): train and evaluate one run in the runner's folder
-    (the study's relative paths are relative to it)."""
-    from Utils.study import execute_run
-
+def run_job(execute: Callable[[Any, Any], dict], study: Any, run: Any, cwd: str) -> dict:
+    """The job's function (it runs inside the submitit job): ``execute(study, run)`` (the study runner's
+    ``execute_run``, passed in so that this module never imports the runner) trains and evaluates one run
+    in the runner's folder (the study's relative paths are relative to it)."""
     os.chdir(cwd)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.info("job for run %s: %s", run.run_id, " ".join(["python", *run.launch, "main.py", *run.argv]))
-    return execute_run(study, run)
+    return execute(study, run)
 
 
 # ----------------------------------------------------------------------------- job records
@@ -219,11 +218,11 @@ def _is_active(launcher: str, folder: Path, record: dict) -> bool:
 
 # ----------------------------------------------------------------------------- the runner
 
-def run_with_submitit(study: Any, todo: list, on_finished: Callable[[Any, Optional[str]], None]) -> list[str]:
-    """Run ``todo`` through submitit (``study.launcher``) and wait for them all; ``on_finished(run, error)`` is
+def run_with_submitit(study: Any, todo: list, on_finished: Callable[[Any, Optional[str]], None],
+                      execute: Callable[[Any, Any], dict], read_result: Callable[[Any], Optional[dict]]) -> list[str]:
+    """Run ``todo`` through submitit (``study.launcher``) and wait for them all; each job calls
+    ``execute(study, run)``, ``read_result(run)`` says whether it finished, and ``on_finished(run, error)`` is
     called as each ends (``error`` None when it finished). Returns the ids of the runs that failed."""
-    from Utils.study import read_result
-
     launcher = study.launcher
     folder = (Path(study.out) / "submitit").resolve()
     folder.mkdir(parents=True, exist_ok=True)
@@ -255,7 +254,7 @@ def run_with_submitit(study: Any, todo: list, on_finished: Callable[[Any, Option
         free = max(limit - len(tracked), 0)
         batch, queue = queue[:free], queue[free:]
         if batch:
-            for run, job in zip(batch, _submit(executor, launcher, study, batch, launch, cwd)):
+            for run, job in zip(batch, _submit(executor, launcher, study, batch, launch, cwd, execute)):
                 record = {"launcher": launcher, "job_id": str(job.job_id), "folder": str(folder),
                           "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr),
                           "flags_hash": run.flags_hash, "submitted": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -275,13 +274,14 @@ def run_with_submitit(study: Any, todo: list, on_finished: Callable[[Any, Option
     return failed
 
 
-def _submit(executor: Any, launcher: str, study: Any, runs: list, launch: tuple[str, ...], cwd: str) -> list:
+def _submit(executor: Any, launcher: str, study: Any, runs: list, launch: tuple[str, ...], cwd: str,
+            execute: Callable[[Any, Any], dict]) -> list:
     """Submit one job per run: a job array on SLURM (one sbatch for all), separate processes locally."""
     jobs_runs = [dataclasses.replace(run, launch=launch) for run in runs]
     if launcher == "slurm" and len(runs) > 1:
         jobs = []
         with executor.batch():
             for run in jobs_runs:
-                jobs.append(executor.submit(run_job, study, run, cwd))
+                jobs.append(executor.submit(run_job, execute, study, run, cwd))
         return jobs
-    return [executor.submit(run_job, study, run, cwd) for run in jobs_runs]
+    return [executor.submit(run_job, execute, study, run, cwd) for run in jobs_runs]

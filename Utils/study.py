@@ -562,7 +562,7 @@ def run_study(study: Study, progress: bool = True) -> list[str]:
                 log.error("%s failed: %s", run.run_id, error)
             bar.update(1)
 
-        failed = run_with_submitit(study, todo, job_ended)
+        failed = run_with_submitit(study, todo, job_ended, execute_run, read_result)
         bar.close()
         return failed
     with ThreadPoolExecutor(max_workers=study.workers) as pool:

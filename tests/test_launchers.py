@@ -140,7 +140,7 @@ def test_slurm_executor_carries_the_study_resources(tiny_data, tmp_path):
                      "#SBATCH --job-name=study_cluster"):
             assert line in sbatch, (line, sbatch)
         # three runs go out as one job array; each run records its job id
-        jobs = la._submit(executor, "slurm", study, study.runs, la.torchrun_words(2), str(tmp_path))
+        jobs = la._submit(executor, "slurm", study, study.runs, la.torchrun_words(2), str(tmp_path), st.execute_run)
         assert [j.job_id for j in jobs] == ["12_0", "12_1", "12_2"]
         array_file = (tmp_path / "jobs" / "12_submission.sh").read_text()
         assert "#SBATCH --array=0-2" in array_file

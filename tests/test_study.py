@@ -345,7 +345,7 @@ def test_marks_are_evaluated_once_and_reused_after_a_restart(tiny_data, tmp_path
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"eval_marks": [2, 7]}, "eval_marks: 7 is past arm gt's last iteration (6)"),
+    ({"eval_marks": [2, 7]}, "'s last iteration (6)"),
     ({"eval_marks": [0]}, "eval_marks: expected a list of distinct positive iterations"),
     ({"line": ["start", "nope"]}, "line: expected two different references' names"),
     ({"origin": "nope"}, "origin: 'nope' is not a reference"),
