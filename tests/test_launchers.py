@@ -3,10 +3,8 @@ running a job twice; a failed job is reported with its log; the slurm path build
 job array, job states) from the study's resources without a cluster, through submitit's own stand-in."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,6 +15,8 @@ import yaml
 from Utils import launchers as la
 from Utils import study as st
 
+from .test_study import study_cli
+
 pytest.importorskip("submitit")
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,15 +25,9 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
     """Four synthetic 96x96 training images and one 64x64 test image, EDSR layout (x4 MATLAB bicubic)."""
-    from tests.test_study import _write_images
-    from Utils.image_io import write_image
-    from Utils.imresize import imresize
+    from tests.test_study import write_sr_folders
 
-    root = tmp_path_factory.mktemp("launch_data")
-    for part, n, size, seed in (("train", 4, 96, 0), ("test", 1, 64, 1)):
-        for i, hr in enumerate(_write_images(root / part / "HR", n, size, seed)):
-            write_image(root / part / "LR_bicubic" / "X4" / f"im{i}x4.png", imresize(hr, 0.25))
-    return root
+    return write_sr_folders(tmp_path_factory.mktemp("launch_data"), (("train", 4, 96, 0), ("test", 1, 64, 1)))
 
 
 def _study(data: Path, out: Path, launcher: str, workers: int = 2, iters: int = 4, **over) -> Path:
@@ -53,12 +47,6 @@ def _study(data: Path, out: Path, launcher: str, workers: int = 2, iters: int = 
     return path
 
 
-def _cli(study_file: Path) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "Utils.study", str(study_file), "--quiet"], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
 def _finish(proc: subprocess.Popen, timeout: float = 600) -> str:
     out, _ = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, out
@@ -69,7 +57,7 @@ def _finish(proc: subprocess.Popen, timeout: float = 600) -> str:
 def local_summary(tiny_data, tmp_path_factory) -> pd.DataFrame:
     """The 3-run study through the local launcher (the reference)."""
     root = tmp_path_factory.mktemp("local")
-    _finish(_cli(_study(tiny_data, root / "local", "local")))
+    _finish(study_cli(_study(tiny_data, root / "local", "local")))
     return pd.read_csv(root / "local" / "summary.csv")
 
 
@@ -85,7 +73,7 @@ def test_submitit_local_killed_and_restarted_gives_the_local_summary(tiny_data, 
     study_file = _study(tiny_data, out, "submitit_local", workers=1)
     first = out / "eval" / "gt_s0" / "result.json"
     second = out / "exp" / "gt_s1" / "checkpoints" / "latest.pth"  # iteration 2 of 4 of the second run
-    proc = _cli(study_file)
+    proc = study_cli(study_file)
     deadline = time.time() + 300
     while not second.is_file() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -94,7 +82,7 @@ def test_submitit_local_killed_and_restarted_gives_the_local_summary(tiny_data, 
     proc.wait()
     stamp = (first.stat().st_mtime_ns, (out / "exp" / "gt_s0" / "weights" / "final.pth").stat().st_mtime_ns)
 
-    log = _finish(_cli(study_file))
+    log = _finish(study_cli(study_file))
     assert "1 finished, 2 to do" in log, log
     assert "gt_s1: re-attached to job" in log, log  # the queued/running job is waited for, not resubmitted
     assert _submitted_jobs(out) == 3, "a job was submitted twice"
@@ -112,7 +100,7 @@ def test_failed_job_is_reported_with_its_log_and_the_others_kept(tiny_data, tmp_
     # patches larger than the training images: the run's training fails inside its job
     study_file = _study(tiny_data, out, "submitit_local", iters=2, arms={"gt": {}, "broken": {"patch_size": 400}},
                         seeds=[0])
-    proc = _cli(study_file)
+    proc = study_cli(study_file)
     log, _ = proc.communicate(timeout=600)
     assert proc.returncode == 1, log
     assert "broken_s0 failed" in log and "log: " in log and str(out / "submitit") in log, log

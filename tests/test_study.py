@@ -98,17 +98,22 @@ def _write_images(folder: Path, n: int, size: int, seed: int) -> list[np.ndarray
     return imgs
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    """Synthetic training images (HR and MATLAB-bicubic x4 LR) and a two-image test set, EDSR layout."""
+def write_sr_folders(root: Path, parts: tuple[tuple[str, int, int, int], ...]) -> Path:
+    """Synthetic HR images and their MATLAB-bicubic x4 LR in the EDSR layout: ``(part, count, size, seed)``
+    gives ``root/part/HR`` and ``root/part/LR_bicubic/X4``."""
     from Utils.image_io import write_image
     from Utils.imresize import imresize
 
-    root = tmp_path_factory.mktemp("study_data")
-    for part, n, size, seed in (("train", 4, 96, 0), ("test", 2, 64, 1)):
+    for part, n, size, seed in parts:
         for i, hr in enumerate(_write_images(root / part / "HR", n, size, seed)):
             write_image(root / part / "LR_bicubic" / "X4" / f"im{i}x4.png", imresize(hr, 0.25))
     return root
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    """Synthetic training images (HR and MATLAB-bicubic x4 LR) and a two-image test set, EDSR layout."""
+    return write_sr_folders(tmp_path_factory.mktemp("study_data"), (("train", 4, 96, 0), ("test", 2, 64, 1)))
 
 
 def _study_file(data: Path, out: Path, path: Path, **over) -> Path:
@@ -126,7 +131,8 @@ def _study_file(data: Path, out: Path, path: Path, **over) -> Path:
     return path
 
 
-def _cli(study_file: Path) -> subprocess.Popen:
+def study_cli(study_file: Path) -> subprocess.Popen:
+    """``python -m Utils.study FILE --quiet`` from the repository, one thread, output captured."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "Utils.study", str(study_file), "--quiet"], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -134,7 +140,7 @@ def _cli(study_file: Path) -> subprocess.Popen:
 
 def test_killed_study_restarts_to_the_same_summary_without_redoing_finished_runs(tiny_data, tmp_path):
     ref_file = _study_file(tiny_data, tmp_path / "ref", tmp_path / "ref.yaml")
-    proc = _cli(ref_file)
+    proc = study_cli(ref_file)
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out
     ref = pd.read_csv(tmp_path / "ref" / "summary.csv")
@@ -145,7 +151,7 @@ def test_killed_study_restarts_to_the_same_summary_without_redoing_finished_runs
     cut_dir = tmp_path / "cut"
     first = cut_dir / "eval" / "gt_s0" / "result.json"
     second = cut_dir / "exp" / "gt_s1" / "checkpoints" / "latest.pth"  # saved at iteration 2 of 6
-    proc = _cli(study_file)
+    proc = study_cli(study_file)
     deadline = time.time() + 300
     while not second.is_file() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)
@@ -158,7 +164,7 @@ def test_killed_study_restarts_to_the_same_summary_without_redoing_finished_runs
                   (cut_dir / "exp" / r / "weights" / "final.pth").stat().st_mtime_ns,
                   (cut_dir / "exp" / r / "log.csv").read_text()) for r in finished}
 
-    proc = _cli(study_file)
+    proc = study_cli(study_file)
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out
     assert f"{len(finished)} finished, {4 - len(finished)} to do" in out, out
@@ -170,7 +176,7 @@ def test_killed_study_restarts_to_the_same_summary_without_redoing_finished_runs
     pd.testing.assert_frame_equal(cut, ref)  # exact resume: the same numbers
 
     # a third start finds everything finished and trains nothing
-    proc = _cli(study_file)
+    proc = study_cli(study_file)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0 and "4 finished, 0 to do" in out, out
 
@@ -311,7 +317,7 @@ def test_marks_are_evaluated_once_and_reused_after_a_restart(tiny_data, tmp_path
     out = tmp_path / "front"
     f = _study_file(tiny_data, out, tmp_path / "front.yaml", seeds=[0], arms={"gt": {}, "edge": {"Rate_lm": 0.1}},
                     metrics=["psnr", "ssim", "niqe"], **_front_spec(tmp_path))
-    proc = _cli(f)
+    proc = study_cli(f)
     log, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, log
     marks = pd.read_csv(out / "marks.csv")
@@ -335,7 +341,7 @@ def test_marks_are_evaluated_once_and_reused_after_a_restart(tiny_data, tmp_path
     # a restart evaluates nothing again; a lost mark is evaluated alone
     lost = out / "eval" / "edge_s0" / "marks" / "iter_4" / "result.json"
     lost.unlink()
-    proc = _cli(f)
+    proc = study_cli(f)
     log, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0 and "2 finished, 0 to do" in log, log
     assert lost.is_file()
