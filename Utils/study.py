@@ -596,23 +596,17 @@ def evaluate_pending_marks(study: Study) -> None:
             os.close(fd)
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def evaluate_references(study: Study) -> pd.DataFrame:
     """Each reference checkpoint evaluated once by the same engine as the runs (cached in the study's
     cache folder under a key of its file's contents, preset and the test sets); one row per reference
     and test set: name, dataset, the metrics."""
+    from Utils.download import sha256_file
+
     rows = []
     cpu = any("--cpu" in r.argv for r in study.runs)
     for name, spec in study.references.items():
         ckpt = Path(spec["checkpoint"])
-        key = hashlib.sha256(json.dumps([spec["model_name"], _file_digest(ckpt), [str(f) for f in study.test_folders],
+        key = hashlib.sha256(json.dumps([spec["model_name"], sha256_file(ckpt), [str(f) for f in study.test_folders],
                                          [str(g) for g in study.test_gt or []], study.metrics,
                                          str(study.niqe_params)]).encode()).hexdigest()[:16]
         where = Path(study.cache or study.out / "cache") / "references" / f"{name}_{key}"
@@ -857,7 +851,6 @@ def write_report(study: Study) -> Optional[pd.DataFrame]:
     study.out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(study.out / "runs.csv", runs.to_csv(index=False, float_format="%.6f"))
     summary = summarize(runs, study.baseline, study.metrics)
-    write_text_atomic(study.out / "summary.csv", summary.to_csv(index=False, float_format="%.6f"))
     per_run = runs.drop_duplicates(["arm", "seed"])
     timing = (f"\n{len(per_run)} runs: {per_run['train_seconds'].sum() / 60:.1f} min of training and "
               f"{per_run['eval_seconds'].sum() / 60:.1f} min of evaluation in total (summed over runs).\n")
@@ -875,13 +868,13 @@ def write_report(study: Study) -> Optional[pd.DataFrame]:
             finals = runs[["arm", "seed", "dataset", "psnr", "niqe"]]
             front = front_summary(finals, marks, refs, study.line, study.control, study.origin)
             summary = summary.merge(front, on=["arm", "dataset"], how="left")
-            write_text_atomic(study.out / "summary.csv", summary.to_csv(index=False, float_format="%.6f"))
             front_md = front_markdown(front, refs, study)
         else:
             front_md = front_markdown(pd.DataFrame(), refs, study)
             if study.line or study.control:
                 front_md += ("cannot judge: margins and matched-NIQE differences need NIQE, which this study "
                              "does not measure (metrics)\n")
+    write_text_atomic(study.out / "summary.csv", summary.to_csv(index=False, float_format="%.6f"))
     write_text_atomic(study.out / "summary.md", f"# Study `{study.name}`\n\n" + summary_markdown(
         summary, study.baseline, study.metrics) + ("\n" + front_md if front_md else "") + timing)
     plot_summary(summary, study.out / "perception_distortion.png", title=study.name, refs=refs,
