@@ -2,24 +2,20 @@
 # DTKD demo.
 #
 #   bash demo.sh          quick demo on embedded data (scikit-image photos), CPU, no download, minutes:
-#                         trains a small fidelity teacher (IMDN), takes the small perceptual teacher shipped in
-#                         Utils/assets/ (EdgeSRN_small made by this script's own recipe, below), trains an RFDN
-#                         baseline on ground truth and an RFDN student with DTKD (adversarial transfer from the
-#                         perceptual teacher), evaluates all of them, prints the comparison table, the
-#                         perception-distortion plot and the verdict: is the teacher perceptual, is the student
-#                         sharper than the baseline at (nearly) the same PSNR?
-#                         DTKD_DEMO_TEACHER=train trains the perceptual teacher here too (two stages: L1, then
-#                         L1 + edge + a discriminator learned from scratch; about 14 more minutes on 2 cores).
+#                         trains a small fidelity teacher (IMDN) and a small EdgeSRN (two stages: L1, then
+#                         L1 + edge + a discriminator learned from scratch), an RFDN baseline on ground truth and an RFDN
+#                         student with DTKD (adversarial transfer from the perceptual teacher),
+#                         evaluates all of them, prints the comparison table, the perception-distortion
+#                         plot and the verdict: is the teacher perceptual, is the student sharper than the
+#                         baseline at (nearly) the same PSNR?
 #                         Published teachers in Checkpoints/IMDN/IMDN_x4.pth or Checkpoints/EdgeSRN/EdgeSRN_x4.pth
-#                         are used instead of the small ones when present.
+#                         are used instead of training small ones when present.
 #   bash demo.sh paper    the paper-scale recipe on DIV2K (GPU; downloads DIV2K and the IMDN teacher).
 #
 # Environment: DTKD_DEMO_OUT (default demo_output), PYTHON (default python), DTKD_NIQE_PARAMS (default: the
 # copy shipped in Utils/assets/),
-# DTKD_DEMO_ITERS (300: the IMDN and RFDN runs), DTKD_DEMO_TEACHER (shipped | train),
-# DTKD_DEMO_TEACHER_ITERS (2000: EdgeSRN's stage 1 with train), DTKD_DEMO_TEACHER_ADV_ITERS (1600: its stage 2,
-# the lr cut to a tenth after 13/16 of it), DTKD_DEMO_AMP (none; bf16: autocast, faster on CPUs with native bfloat16,
-# other figures than the ones documented).
+# DTKD_DEMO_ITERS (300: the IMDN and RFDN runs), DTKD_DEMO_TEACHER_ITERS (2000: EdgeSRN's stage 1; stage 2 is 4/5 of it),
+# DTKD_DEMO_AMP (none; bf16: autocast, faster on CPUs with native bfloat16, other figures than the ones documented).
 # Every run resumes where it stopped (--auto_resume), so running the demo again is cheap and safe.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -35,8 +31,6 @@ evalname() { if [ "$(basename "$1")" = "final.pth" ]; then echo "$(basename "$(d
              else basename "$1"; fi; }
 
 if [ "$MODE" = "quick" ]; then
-  TEACHER=${DTKD_DEMO_TEACHER:-shipped}
-  case $TEACHER in shipped|train) ;; *) echo "error: DTKD_DEMO_TEACHER must be 'shipped' or 'train', got '$TEACHER'" >&2; exit 2 ;; esac
   step "demo data (scikit-image sample photos, MATLAB-bicubic x4 LR)"
   $PY -m Utils.demo_data --out demo_data
   TRAIN=(--train_hr demo_data/train/HR --train_lr demo_data/train/LR_bicubic/X4)
@@ -50,8 +44,7 @@ if [ "$MODE" = "quick" ]; then
   COMMON+=(--amp "$AMP")
   echo "training precision: $AMP (DTKD_DEMO_AMP=none|bf16)"
   ITERS=${DTKD_DEMO_ITERS:-300}
-  T_ITERS=${DTKD_DEMO_TEACHER_ITERS:-2000}  # EdgeSRN's stage 1 (L1)
-  S2=${DTKD_DEMO_TEACHER_ADV_ITERS:-1600}   # its stage 2: the discriminator's texture comes late
+  T_ITERS=${DTKD_DEMO_TEACHER_ITERS:-2000}  # the perceptual teacher needs longer: its texture comes late
 
   if [ -f Checkpoints/IMDN/IMDN_x4.pth ]; then
     T1=Checkpoints/IMDN/IMDN_x4.pth
@@ -64,10 +57,6 @@ if [ "$MODE" = "quick" ]; then
 
   if [ -f Checkpoints/EdgeSRN/EdgeSRN_x4.pth ]; then
     T2=Checkpoints/EdgeSRN/EdgeSRN_x4.pth; T2_MODEL=EdgeSRN
-  elif [ "$TEACHER" = "shipped" ]; then
-    # made by this script with DTKD_DEMO_TEACHER=train (float32, default threads; Utils/assets/README.md)
-    T2=Utils/assets/demo_edgesrn_small_x4.pth; T2_MODEL=EdgeSRN_small
-    step "perceptual teacher: $T2_MODEL shipped in $T2 (DTKD_DEMO_TEACHER=train trains it here)"
   else
     T2_MODEL=EdgeSRN_small  # the EdgeSRN architecture at demo size: minutes on a CPU
     step "perceptual teacher: EdgeSRN stage 1, L1 pre-training ($T_ITERS iterations)"
@@ -75,7 +64,7 @@ if [ "$MODE" = "quick" ]; then
       --lr 1e-3 "${TRAIN[@]}" "${COMMON[@]}"
     # the T91 teacher's stage 2 (docs/results.md, "The perceptual teacher the project trains"): L1 + edge + a discriminator learned
     # from scratch (the VGG term is off without its weights), the lr cut to a tenth for the last 300 of 1600
-    CUT=$((S2 * 13 / 16))
+    S2=$((T_ITERS * 4 / 5)); CUT=$((S2 * 13 / 16))
     step "perceptual teacher: EdgeSRN stage 2, L1 + edge + adversarial ($S2 iterations, lr / 10 after $CUT)"
     $PY main.py --model_name "$T2_MODEL" --name demo_edgesrn_edge --checkpoint "$(weights demo_edgesrn_l1)" \
       --iters "$S2" --test_every "$S2" --lr 1e-4 --scheduler multistep --milestones "$CUT" --gamma 0.1 \

@@ -1,7 +1,7 @@
 """The demo's verdict: did the perceptual teacher and the DTKD student do what the method claims?
 
     python -m Utils.demo_verdict demo_output/Result/summary.csv --dataset Demo \\
-        --fidelity demo_teacher_imdn.pth --perceptual demo_edgesrn_small_x4.pth \\
+        --fidelity demo_teacher_imdn.pth --perceptual demo_edgesrn_edge.pth \\
         --baseline demo_rfdn_gt.pth --student demo_rfdn_dtkd.pth
 
 Two checks, on one test set, from the ``summary.csv`` rows of ``main_for_infer.py``:
