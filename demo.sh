@@ -14,8 +14,10 @@
 #
 # Environment: DTKD_DEMO_OUT (default demo_output), PYTHON (default python), DTKD_NIQE_PARAMS (default: the
 # copy shipped in Utils/assets/),
-# DTKD_DEMO_ITERS (300: the IMDN and RFDN runs), DTKD_DEMO_TEACHER_ITERS (2000: EdgeSRN's stage 1; stage 2 is 4/5 of it),
-# DTKD_DEMO_AMP (none; bf16: autocast, faster on CPUs with native bfloat16, other figures than the ones documented).
+# DTKD_DEMO_ITERS (300: the IMDN and RFDN runs), DTKD_DEMO_TEACHER_ITERS (1000: EdgeSRN's stage 1),
+# DTKD_DEMO_TEACHER_S2_ITERS (1600: its stage 2, the lr cut to a tenth after 13/16 of it),
+# DTKD_DEMO_AMP (auto: bf16 autocast where the CPU has native bfloat16 (AVX512-BF16, AMX), else none; or none|bf16).
+# The two precisions give different figures, both in docs/results.md.
 # Every run resumes where it stopped (--auto_resume), so running the demo again is cheap and safe.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -38,13 +40,23 @@ if [ "$MODE" = "quick" ]; then
   # one progress bar per training stage (no --quiet); logging shows what each stage loads
   COMMON=(--experiments_root "$EXP" --cache_dir "$EXP/cache" --valid_dataset "$TEST" --patch_size 64
           --batch_size 8 --num_workers 0 --auto_resume --seed 0)
-  # float32 by default: the figures in docs/results.md; bf16 autocast is 1.3-1.4x faster training on a CPU
-  # with native bfloat16 (AVX512-BF16, AMX) and much slower on one without (docs/performance.md)
-  AMP=${DTKD_DEMO_AMP:-none}
-  COMMON+=(--amp "$AMP")
-  echo "training precision: $AMP (DTKD_DEMO_AMP=none|bf16)"
+  # bf16 autocast (the discriminators' own updates too, --adv_amp) trains 1.4-1.8x faster on a CPU with native
+  # bfloat16 and much slower on one without (docs/performance.md): auto takes it only where the CPU has it
+  AMP=${DTKD_DEMO_AMP:-auto}
+  WHY=""
+  if [ "$AMP" = "auto" ]; then
+    if grep -qwE 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null; then AMP=bf16; WHY=" (auto: native bfloat16)";
+    else AMP=none; WHY=" (auto: no native bfloat16)"; fi
+  fi
+  case $AMP in
+    bf16) COMMON+=(--amp bf16 --adv_amp True) ;;
+    none) COMMON+=(--amp none) ;;
+    *) echo "error: DTKD_DEMO_AMP must be auto, none or bf16, got '$AMP'" >&2; exit 2 ;;
+  esac
+  echo "training precision: $AMP$WHY (DTKD_DEMO_AMP=auto|none|bf16)"
   ITERS=${DTKD_DEMO_ITERS:-300}
-  T_ITERS=${DTKD_DEMO_TEACHER_ITERS:-2000}  # the perceptual teacher needs longer: its texture comes late
+  T_ITERS=${DTKD_DEMO_TEACHER_ITERS:-1000}  # the perceptual teacher needs longer: its texture comes late
+  S2=${DTKD_DEMO_TEACHER_S2_ITERS:-1600}
 
   if [ -f Checkpoints/IMDN/IMDN_x4.pth ]; then
     T1=Checkpoints/IMDN/IMDN_x4.pth
@@ -62,12 +74,13 @@ if [ "$MODE" = "quick" ]; then
     step "perceptual teacher: EdgeSRN stage 1, L1 pre-training ($T_ITERS iterations)"
     $PY main.py --model_name "$T2_MODEL" --name demo_edgesrn_l1 --iters "$T_ITERS" --test_every "$T_ITERS" \
       --lr 1e-3 "${TRAIN[@]}" "${COMMON[@]}"
-    # the T91 teacher's stage 2 (docs/results.md, "The perceptual teacher the project trains"): L1 + edge + a discriminator learned
-    # from scratch (the VGG term is off without its weights), the lr cut to a tenth for the last 300 of 1600
-    S2=$((T_ITERS * 4 / 5)); CUT=$((S2 * 13 / 16))
+    # the T91 teacher's stage 2 (docs/results.md, "The perceptual teacher the project trains"): L1 + edge + a discriminator
+    # learned from scratch (the VGG term is off without its weights); lr 2e-4, cut to a tenth for the last 300 of 1600
+    # (studies/pilots.md, "Demo budget round": the cheapest recipe measured that passes the teacher line)
+    CUT=$((S2 * 13 / 16))
     step "perceptual teacher: EdgeSRN stage 2, L1 + edge + adversarial ($S2 iterations, lr / 10 after $CUT)"
     $PY main.py --model_name "$T2_MODEL" --name demo_edgesrn_edge --checkpoint "$(weights demo_edgesrn_l1)" \
-      --iters "$S2" --test_every "$S2" --lr 1e-4 --scheduler multistep --milestones "$CUT" --gamma 0.1 \
+      --iters "$S2" --test_every "$S2" --lr 2e-4 --scheduler multistep --milestones "$CUT" --gamma 0.1 \
       --Rate_lm 0.05 --Rate_lpts 0 --Rate_adv 0.005 --adv_channels 32 "${TRAIN[@]}" "${COMMON[@]}" --batch_size 16
     T2=$(weights demo_edgesrn_edge)
   fi

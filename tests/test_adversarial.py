@@ -272,6 +272,32 @@ def test_adversarial_training_under_bf16(tmp_path, tiny_hr, teacher_ckpt, one_th
     assert all(math.isfinite(float(r["adv"])) and math.isfinite(float(r["d_loss"])) for r in rows)
 
 
+@pytest.mark.parametrize("adv_amp, want", [(False, torch.float32), (True, torch.bfloat16)])
+def test_critic_step_precision_follows_adv_amp(one_thread, adv_amp, want):
+    """D's own update runs in float32 unless --adv_amp True asks for the run's bf16 autocast; either way
+    D learns. Without --amp bf16 the flag is a clear error (main's parser and the term alike)."""
+    import main
+    from Utils.objectives import build_objective
+
+    torch.manual_seed(0)
+    obj = build_objective(_gt_cfg(amp="bf16", adv_amp=adv_amp), torch.device("cpu"))
+    seen = []
+    obj.adv.disc.body[2].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    fake, real = torch.full((2, 3, 32, 32), 0.5), torch.rand(2, 3, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the trainer's step: the generator side in bf16
+        obj.adv.generator_loss(fake, real)
+    before = obj.adv.disc.body[2].parametrizations.weight.original.detach().clone()
+    seen.clear()
+    obj.critic_step()
+    assert seen == [want]
+    assert not torch.equal(before, obj.adv.disc.body[2].parametrizations.weight.original)
+    assert obj.adv.disc.body[2].parametrizations.weight.original.dtype == torch.float32  # weights stay float32
+    with pytest.raises(ValueError, match="--adv_amp True needs --amp bf16, got --amp none"):
+        build_objective(_gt_cfg(amp="none", adv_amp=True), torch.device("cpu"))
+    with pytest.raises(SystemExit):
+        main.parse_config(["--model_name", "RFDN", "--adv_amp", "True"])
+
+
 def test_weighted_relativistic_generator_loss_by_hand():
     from Utils.objectives.adversarial import relativistic_losses
 

@@ -16,9 +16,11 @@ REPO = Path(__file__).resolve().parents[1]
 def test_demo_script_end_to_end(tmp_path):
     out = tmp_path / "demo_output"
     # 12 iterations (the teacher: 20 in stage 1, 16 in stage 2 with the lr cut after 13) test the pipeline,
-    # not the models.
+    # not the models; the precision is the demo's own choice (auto)
     env = {**os.environ, "DTKD_DEMO_OUT": str(out), "DTKD_DEMO_ITERS": "12", "DTKD_DEMO_TEACHER_ITERS": "20",
-           "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}  # one thread: robust when the machine is shared
+           "DTKD_DEMO_TEACHER_S2_ITERS": "16", "PYTHON": sys.executable,
+           "OMP_NUM_THREADS": "1"}  # one thread: robust when the machine is shared
+    env.pop("DTKD_DEMO_AMP", None)
     proc = subprocess.run(["bash", str(REPO / "demo.sh")], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -41,5 +43,20 @@ def test_demo_script_end_to_end(tmp_path):
     assert ",adv," in teacher_log[0] and len(teacher_log) == 17  # stage 2 with the discriminator, 16 steps
     verdict = [line for line in proc.stdout.splitlines() if line.startswith(("PASS  ", "FAIL  "))]
     assert len(verdict) == 2 and "perceptual teacher demo_edgesrn_edge.pth" in verdict[0], proc.stdout[-2000:]
-    assert "training precision: none" in proc.stdout and re.search(r"^done in \d+ min \d\d s$", proc.stdout, re.M)
+    native = re.search(r"\b(avx512_bf16|amx_bf16)\b", Path("/proc/cpuinfo").read_text()) if Path(
+        "/proc/cpuinfo").is_file() else None
+    want = "bf16 (auto: native bfloat16)" if native else "none (auto: no native bfloat16)"
+    assert f"training precision: {want}" in proc.stdout, proc.stdout[:2000]
+    if native:  # the discriminators' own updates in bf16 too
+        assert "adv_amp: true" in (out / "experiments" / "demo_edgesrn_edge" / "config.yaml").read_text()
+    assert re.search(r"^done in \d+ min \d\d s$", proc.stdout, re.M)
     assert "cannot judge" not in proc.stdout and not any("nan" in line for line in verdict), verdict
+
+
+def test_demo_rejects_an_unknown_precision(tmp_path):
+    env = {**os.environ, "DTKD_DEMO_OUT": str(tmp_path / "out"), "DTKD_DEMO_AMP": "fp8", "PYTHON": sys.executable,
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(["bash", str(REPO / "demo.sh")], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2 and "DTKD_DEMO_AMP must be auto, none or bf16, got 'fp8'" in proc.stderr
+    assert not (tmp_path / "out" / "experiments").exists()  # nothing trained

@@ -16,6 +16,9 @@ normalised patch discriminator D, learned alongside the network it judges.
   the detached outputs of the same step, with its own Adam (``--adv_lr``, betas 0.9/0.99 as ESRGAN);
   under DDP its gradients are averaged by hand (D is not wrapped). D, its power-iteration vectors and
   its optimizer are the objective's learned state, saved in every checkpoint for exact resume.
+* **Precision** (``--adv_amp``): D's own update runs in float32 by default, whatever ``--amp`` says (the
+  committed studies' figures); with ``--adv_amp True`` (and ``--amp bf16``) it runs under bf16 autocast
+  as the network's step does, about a fifth of a stage-2 step faster on a CPU with native bfloat16.
 * **Warm-up** (``--adv_start N``): the first N iterations of the run have neither the generator term
   (it is 0 in the log) nor D's update, so the network first learns from its pixel losses and D starts
   on sensible images (ESRGAN starts its GAN from a PSNR-oriented model; this does it in one run, as
@@ -113,6 +116,9 @@ class AdversarialTerm(nn.Module):
         if self.start < 0:
             raise ValueError(f"--adv_start must be >= 0, got {self.start}")
         self.active = self.start == 0
+        self.critic_amp = bool(cfg.get("adv_amp", False))
+        if self.critic_amp and cfg.get("amp", "none") != "bf16":
+            raise ValueError(f"--adv_amp True needs --amp bf16, got --amp {cfg.get('amp', 'none')}")
 
     def begin_step(self, iteration: int) -> None:
         """Called before each training step with its 1-based number: the term is on after ``--adv_start``."""
@@ -172,7 +178,7 @@ class AdversarialTerm(nn.Module):
         self.disc.train()
         self.opt.zero_grad(set_to_none=False)
         device = next(self.disc.parameters()).device
-        with torch.autocast(device.type, enabled=False):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.critic_amp):
             if pending is not None:
                 _, d = relativistic_losses(*self._judge(pending[1], pending[0]))
             else:  # no sample here but on other ranks: the same one pass (power iteration), no gradient
