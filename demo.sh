@@ -15,9 +15,10 @@
 # Environment: DTKD_DEMO_OUT (default demo_output), PYTHON (default python), DTKD_NIQE_PARAMS (default: the
 # copy shipped in Utils/assets/),
 # DTKD_DEMO_ITERS (300: the IMDN and RFDN runs), DTKD_DEMO_TEACHER_ITERS (1000: EdgeSRN's stage 1),
-# DTKD_DEMO_TEACHER_S2_ITERS (1600: its stage 2, the lr cut to a tenth after 13/16 of it),
-# DTKD_DEMO_AMP (auto: bf16 autocast where the CPU has native bfloat16 (AVX512-BF16, AMX), else none; or none|bf16).
-# The two precisions give different figures, both in docs/results.md.
+# DTKD_DEMO_TEACHER_S2_ITERS (1300: its stage 2, the lr cut to a tenth after 13/16 of it),
+# DTKD_DEMO_AMP (the perceptual teacher's training, the demo's long part; the other runs are float32): auto (bf16
+# autocast where the CPU has native bfloat16, AVX512-BF16 or AMX, else none), none or bf16. The two give different
+# figures, both in docs/results.md.
 # Every run resumes where it stopped (--auto_resume), so running the demo again is cheap and safe.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -40,8 +41,9 @@ if [ "$MODE" = "quick" ]; then
   # one progress bar per training stage (no --quiet); logging shows what each stage loads
   COMMON=(--experiments_root "$EXP" --cache_dir "$EXP/cache" --valid_dataset "$TEST" --patch_size 64
           --batch_size 8 --num_workers 0 --auto_resume --seed 0)
-  # bf16 autocast (the discriminators' own updates too, --adv_amp) trains 1.4-1.8x faster on a CPU with native
-  # bfloat16 and much slower on one without (docs/performance.md): auto takes it only where the CPU has it
+  # bf16 autocast (the discriminator's own update too, --adv_amp) trains the perceptual teacher 1.4-1.7x faster on a
+  # CPU with native bfloat16 and much slower on one without (docs/performance.md): auto takes it only where the CPU
+  # has it. The other runs stay float32: bf16 saves them nothing measurable (docs/performance.md)
   AMP=${DTKD_DEMO_AMP:-auto}
   WHY=""
   if [ "$AMP" = "auto" ]; then
@@ -49,14 +51,14 @@ if [ "$MODE" = "quick" ]; then
     else AMP=none; WHY=" (auto: no native bfloat16)"; fi
   fi
   case $AMP in
-    bf16) COMMON+=(--amp bf16 --adv_amp True) ;;
-    none) COMMON+=(--amp none) ;;
+    bf16) T2_AMP=(--amp bf16 --adv_amp True) ;;
+    none) T2_AMP=(--amp none) ;;
     *) echo "error: DTKD_DEMO_AMP must be auto, none or bf16, got '$AMP'" >&2; exit 2 ;;
   esac
-  echo "training precision: $AMP$WHY (DTKD_DEMO_AMP=auto|none|bf16)"
+  echo "perceptual teacher's training precision: $AMP$WHY (DTKD_DEMO_AMP=auto|none|bf16); the other runs float32"
   ITERS=${DTKD_DEMO_ITERS:-300}
   T_ITERS=${DTKD_DEMO_TEACHER_ITERS:-1000}  # the perceptual teacher needs longer: its texture comes late
-  S2=${DTKD_DEMO_TEACHER_S2_ITERS:-1600}
+  S2=${DTKD_DEMO_TEACHER_S2_ITERS:-1300}
 
   if [ -f Checkpoints/IMDN/IMDN_x4.pth ]; then
     T1=Checkpoints/IMDN/IMDN_x4.pth
@@ -73,15 +75,16 @@ if [ "$MODE" = "quick" ]; then
     T2_MODEL=EdgeSRN_small  # the EdgeSRN architecture at demo size: minutes on a CPU
     step "perceptual teacher: EdgeSRN stage 1, L1 pre-training ($T_ITERS iterations)"
     $PY main.py --model_name "$T2_MODEL" --name demo_edgesrn_l1 --iters "$T_ITERS" --test_every "$T_ITERS" \
-      --lr 1e-3 "${TRAIN[@]}" "${COMMON[@]}"
+      --lr 1e-3 "${TRAIN[@]}" "${COMMON[@]}" "${T2_AMP[@]}"
     # the T91 teacher's stage 2 (docs/results.md, "The perceptual teacher the project trains"): L1 + edge + a discriminator
-    # learned from scratch (the VGG term is off without its weights); lr 2e-4, cut to a tenth for the last 300 of 1600
+    # learned from scratch (the VGG term is off without its weights); lr 2e-4, cut to a tenth for the last 3/16
     # (studies/pilots.md, "Demo budget round": the cheapest recipe measured that passes the teacher line)
     CUT=$((S2 * 13 / 16))
     step "perceptual teacher: EdgeSRN stage 2, L1 + edge + adversarial ($S2 iterations, lr / 10 after $CUT)"
     $PY main.py --model_name "$T2_MODEL" --name demo_edgesrn_edge --checkpoint "$(weights demo_edgesrn_l1)" \
       --iters "$S2" --test_every "$S2" --lr 2e-4 --scheduler multistep --milestones "$CUT" --gamma 0.1 \
-      --Rate_lm 0.05 --Rate_lpts 0 --Rate_adv 0.005 --adv_channels 32 "${TRAIN[@]}" "${COMMON[@]}" --batch_size 16
+      --Rate_lm 0.05 --Rate_lpts 0 --Rate_adv 0.005 --adv_channels 32 "${TRAIN[@]}" "${COMMON[@]}" "${T2_AMP[@]}" \
+      --batch_size 16
     T2=$(weights demo_edgesrn_edge)
   fi
 

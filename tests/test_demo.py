@@ -46,9 +46,12 @@ def test_demo_script_end_to_end(tmp_path):
     native = re.search(r"\b(avx512_bf16|amx_bf16)\b", Path("/proc/cpuinfo").read_text()) if Path(
         "/proc/cpuinfo").is_file() else None
     want = "bf16 (auto: native bfloat16)" if native else "none (auto: no native bfloat16)"
-    assert f"training precision: {want}" in proc.stdout, proc.stdout[:2000]
-    if native:  # the discriminators' own updates in bf16 too
-        assert "adv_amp: true" in (out / "experiments" / "demo_edgesrn_edge" / "config.yaml").read_text()
+    assert f"perceptual teacher's training precision: {want}" in proc.stdout, proc.stdout[:2000]
+    config = {run: (out / "experiments" / run / "config.yaml").read_text() for run in
+              ("demo_edgesrn_l1", "demo_edgesrn_edge", "demo_teacher_imdn", "demo_rfdn_gt", "demo_rfdn_dtkd")}
+    for run, text in config.items():  # bf16 (and the discriminator's own update in it) for the teacher alone
+        teacher = native and run.startswith("demo_edgesrn")
+        assert ("amp: bf16" if teacher else "amp: none") in text and ("adv_amp: true" in text) == teacher, run
     assert re.search(r"^done in \d+ min \d\d s$", proc.stdout, re.M)
     assert "cannot judge" not in proc.stdout and not any("nan" in line for line in verdict), verdict
 
