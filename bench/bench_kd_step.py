@@ -8,12 +8,14 @@ every step. Methods: ``plain`` (ground truth), ``output`` (teacher on the fly), 
 (teacher on the fly, feature hooks), ``dtkd`` (IMDN fidelity teacher only, ``--t2_checkpoint ''``,
 attention KD, on the fly), ``dukd`` (output KD on the fly plus the zoom-in / zoom-out passes) and
 ``adv`` (ground truth plus the adversarial term, ``--Rate_adv 0.03 --adv_channels 32``: the
-discriminator's passes and its own step, as the ``dtkd_adv`` study arm adds them). Steps run interleaved, the order rotated every round; medians reported
+discriminator's passes and its own step, as the ``dtkd_adv`` study arm adds them) and ``adv_amp`` (the same with
+D's own step under the run's bf16 autocast too, ``--adv_amp True``; only with ``--amp bf16``). Steps run interleaved, the order rotated every round; medians reported
 (see bench/common.py)::
 
     python bench/bench_kd_step.py                       # CPU: batch 16, HR patch 192 (LR 48)
     python bench/bench_kd_step.py --threads 1 --repeats 3 --batch 4 --patch 96     # a quick check
     python bench/bench_kd_step.py --device cuda --repeats 20
+    python bench/bench_kd_step.py --amp bf16 --methods plain adv adv_amp --patch 64   # D's own step in bf16
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ METHODS = {
     "dtkd": ["--kd_method", "dtkd", "--t2_checkpoint", "", "--loss_attn", "both"],
     "dukd": ["--kd_method", "dukd"],
     "adv": ["--Rate_adv", "0.03", "--adv_channels", "32"],
+    "adv_amp": ["--Rate_adv", "0.03", "--adv_channels", "32", "--adv_amp", "True"],  # needs --amp bf16
 }
 
 
@@ -55,10 +58,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=int, default=8, help="T91 images the batch is drawn from")
     p.add_argument("--t1-checkpoint", default=str(WEIGHTS / "IMDN" / "IMDN_x4.pth"))
     p.add_argument("--train-hr", default=str(SHARED / "train" / "T91" / "HR"))
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--methods", nargs="+", default=None, choices=list(METHODS),
+                   help="default: all (adv_amp only with --amp bf16)")
     p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
     p.set_defaults(warmup=2, repeats=10)
     args = p.parse_args(argv)
+    if args.methods is None:
+        args.methods = [m for m in METHODS if m != "adv_amp" or args.amp == "bf16"]
+    if "adv_amp" in args.methods and args.amp != "bf16":
+        p.error("--methods adv_amp needs --amp bf16")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     device = setup(args)
     info = machine_info(device)
