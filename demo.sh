@@ -35,13 +35,7 @@ evalname() { if [ "$(basename "$1")" = "final.pth" ]; then echo "$(basename "$(d
              else basename "$1"; fi; }
 
 if [ "$MODE" = "quick" ]; then
-  step "demo data (scikit-image sample photos, MATLAB-bicubic x4 LR)"
-  $PY -m Utils.demo_data --out demo_data
-  TRAIN=(--train_hr demo_data/train/HR --train_lr demo_data/train/LR_bicubic/X4)
-  TEST=demo_data/Datasets2023/GTmod12_LRx4/Demo_LRbicx4
-  # one progress bar per training stage (no --quiet); logging shows what each stage loads
-  COMMON=(--experiments_root "$EXP" --cache_dir "$EXP/cache" --valid_dataset "$TEST" --patch_size 64
-          --batch_size 8 --num_workers 0 --auto_resume --seed 0)
+  # the precision first: a bad DTKD_DEMO_AMP stops the demo before any work.
   # bf16 autocast (the discriminator's own update too, --adv_amp) trains the perceptual teacher 1.4-1.7x faster on a
   # CPU with native bfloat16 and much slower on one without (docs/performance.md): auto takes it only where the CPU
   # has it. The other runs stay float32: bf16 saves them nothing measurable (docs/performance.md)
@@ -60,6 +54,13 @@ if [ "$MODE" = "quick" ]; then
     *) echo "error: DTKD_DEMO_AMP must be auto, none or bf16, got '$AMP'" >&2; exit 2 ;;
   esac
   echo "perceptual teacher's training precision: $AMP$WHY (DTKD_DEMO_AMP=auto|none|bf16); the other runs float32"
+  step "demo data (scikit-image sample photos, MATLAB-bicubic x4 LR)"
+  $PY -m Utils.demo_data --out demo_data
+  TRAIN=(--train_hr demo_data/train/HR --train_lr demo_data/train/LR_bicubic/X4)
+  TEST=demo_data/Datasets2023/GTmod12_LRx4/Demo_LRbicx4
+  # one progress bar per training stage (no --quiet); logging shows what each stage loads
+  COMMON=(--experiments_root "$EXP" --cache_dir "$EXP/cache" --valid_dataset "$TEST" --patch_size 64
+          --batch_size 8 --num_workers 0 --auto_resume --seed 0)
   ITERS=${DTKD_DEMO_ITERS:-300}
   T_ITERS=${DTKD_DEMO_TEACHER_ITERS:-$T1_DEF}  # the perceptual teacher needs longer: its texture comes late
   S2=${DTKD_DEMO_TEACHER_S2_ITERS:-$S2_DEF}
